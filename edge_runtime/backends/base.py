@@ -1,0 +1,70 @@
+"""The contract every backend session keeps.
+
+A session is one loaded model on one device. It is opened by its backend module's
+``open_session()``, closed by ``close()`` (idempotent), and used as a context manager.
+Optional abilities are flags on ``Capabilities``, never discovered with ``hasattr``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import numpy.typing as npt
+
+from ..tensors import TensorSpec
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a session can do beyond the contract.
+
+    ``writable_inputs``: ``input_buffer(i)`` returns memory the next ``run`` reads
+    directly, so a caller can write into it without an extra copy.
+    """
+
+    writable_inputs: bool = False
+
+
+class Session(ABC):
+    """One model loaded on one device by one backend."""
+
+    #: Registry key, log label and the prefix of device requests (``litert:cpu``).
+    backend: str
+    #: The device as a request string that would select it again (``openvino:CPU``).
+    device: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    capabilities: Capabilities = Capabilities()
+    #: Number of operators in the model as this backend sees it (None: unknown).
+    op_count: int | None = None
+
+    @abstractmethod
+    def run(self, arrays: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+        """Run once on ``arrays`` (one per input, already of the input's dtype and shape).
+
+        The inputs are copied into the backend's own buffers; the returned outputs are
+        new arrays owned by the caller (one copy each out of the backend).
+        """
+
+    def run_prepared(self) -> list[npt.NDArray[Any]]:
+        """Run on what was written into ``input_buffer``; outputs as in ``run``."""
+        raise NotImplementedError(f"{self.backend} sessions have no writable input buffers")
+
+    def input_buffer(self, index: int) -> npt.NDArray[Any]:
+        """A writable view of input ``index``'s memory (see ``Capabilities.writable_inputs``)."""
+        raise NotImplementedError(f"{self.backend} sessions have no writable input buffers")
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the interpreter or compiled model. Safe to call twice."""
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,243 @@
+"""LiteRT (TFLite) backend: XNNPACK on the CPU, and external delegates.
+
+The interpreter module is found in this order, and the one used is reported by
+``runtime_info()`` and ``edge-runtime devices``: ``ai_edge_litert`` (maintained,
+NumPy 2), ``tflite_runtime`` (last release 2.14, NumPy < 2), ``tensorflow.lite``.
+Set ``EDGE_RUNTIME_TFLITE`` to one of those names to force it.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import importlib
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..device_info import Device
+from ..errors import BackendUnavailableError, InferenceError, ModelLoadError
+from ..model_file import ModelSource
+from ..tensors import Quantization, TensorSpec
+from .base import Session
+
+NAME = "litert"
+
+#: Interpreter modules in order of preference: (import name, distribution name).
+_MODULES = (
+    ("ai_edge_litert.interpreter", "ai-edge-litert"),
+    ("tflite_runtime.interpreter", "tflite-runtime"),
+    ("tensorflow.lite", "tensorflow"),
+)
+
+#: Delegates looked for by ``probe_devices``: name -> (kind, full name, library, install hint).
+DELEGATES: dict[str, tuple[str, str, str, str]] = {
+    "edgetpu": ("tpu", "Coral Edge TPU", "libedgetpu.so.1", "install libedgetpu1-std (Coral apt repository)"),
+    "gpu": ("gpu", "TFLite GPU delegate (OpenCL/OpenGL)", "libtensorflowlite_gpu_delegate.so", "build it from LiteRT"),
+    "vx": ("npu", "VeriSilicon VX NPU delegate", "libvx_delegate.so", "part of NXP's i.MX BSP (tflite-vx-delegate)"),
+}
+_LIB_DIRS = (
+    "/usr/lib",
+    "/usr/local/lib",
+    f"/usr/lib/{platform.machine()}-linux-gnu",
+    "/usr/lib64",
+)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The TFLite interpreter module in use."""
+
+    module: str
+    distribution: str
+    version: str
+    interpreter: type
+    load_delegate: Any
+
+
+_runtime: Runtime | None = None
+_runtime_error: str | None = None
+
+
+def _import_runtime() -> Runtime:
+    global _runtime, _runtime_error
+    if _runtime is not None:
+        return _runtime
+    if _runtime_error is not None:
+        raise BackendUnavailableError(_runtime_error, backend=NAME)
+    forced = os.environ.get("EDGE_RUNTIME_TFLITE", "").strip()
+    tried: list[str] = []
+    for module_name, dist in _MODULES:
+        if forced and forced not in (module_name.split(".")[0], dist):
+            continue
+        try:
+            module: ModuleType = importlib.import_module(module_name)
+        except Exception as exc:  # noqa: BLE001 - any import failure is a reason to try the next
+            tried.append(f"{module_name}: {type(exc).__name__}: {exc}")
+            continue
+        version = _version(dist)
+        interp = getattr(module, "Interpreter")
+        load_delegate = getattr(module, "load_delegate", None)
+        if load_delegate is None:  # tensorflow.lite keeps it under experimental
+            load_delegate = getattr(getattr(module, "experimental", None), "load_delegate", None)
+        _runtime = Runtime(module_name, dist, version, interp, load_delegate)
+        return _runtime
+    hint = f" (EDGE_RUNTIME_TFLITE={forced})" if forced else ""
+    _runtime_error = "no TFLite interpreter importable" + hint + ": " + "; ".join(tried or ["nothing matched"])
+    raise BackendUnavailableError(_runtime_error, backend=NAME)
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def unavailable_reason() -> str | None:
+    """Why this backend cannot be used here, or ``None``."""
+    try:
+        _import_runtime()
+    except BackendUnavailableError as exc:
+        return exc.reason
+    return None
+
+
+def runtime_info() -> dict[str, str]:
+    """Which interpreter module is used, and its version."""
+    rt = _import_runtime()
+    return {"module": rt.module, "distribution": rt.distribution, "version": rt.version}
+
+
+def find_library(library: str) -> str | None:
+    """The path of a delegate library: an existing path, a standard directory, or the loader's cache."""
+    if os.sep in library:
+        return library if Path(library).is_file() else None
+    for d in _LIB_DIRS:
+        candidate = Path(d) / library
+        if candidate.is_file():
+            return str(candidate)
+    stem = library.removeprefix("lib").split(".so")[0]
+    return library if ctypes.util.find_library(stem) else None
+
+
+def probe_devices() -> list[Device]:
+    """The CPU (always) and every known delegate, found or not (with the reason)."""
+    rt = _import_runtime()
+    cpu = Device(
+        NAME,
+        "cpu",
+        "cpu",
+        f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, XNNPACK "
+        f"({rt.module} {rt.version})",
+        int8=True,
+    )
+    found = [cpu]
+    for name, (kind, full, lib, hint) in DELEGATES.items():
+        path = find_library(lib)
+        if path is None:
+            found.append(Device(NAME, name, kind, full, int8=True, available=False, reason=f"{lib} not found: {hint}"))
+        else:
+            found.append(
+                Device(NAME, name, kind, f"{full} ({path})", int8=True, options=(("library", path),),
+                       reason="library found; the device itself is checked when a model loads")
+            )
+    return found
+
+
+def _spec(detail: dict[str, Any]) -> TensorSpec:
+    dtype = np.dtype(detail["dtype"])
+    qp = detail.get("quantization_parameters") or {}
+    scales = tuple(float(s) for s in qp.get("scales", ()))
+    quant = None
+    if scales and np.issubdtype(dtype, np.integer):
+        zps = tuple(int(z) for z in qp.get("zero_points", ()))
+        axis = int(qp.get("quantized_dimension", 0)) if len(scales) > 1 else None
+        quant = Quantization(scales, zps, axis)
+    return TensorSpec(str(detail["name"]), tuple(int(d) for d in detail["shape"]), dtype, quant)
+
+
+def _delegate_for(device: Device, rt: Runtime, where: str) -> Any | None:
+    if device.name == "cpu":
+        return None
+    options = dict(device.options)
+    library = options.pop("library", None)
+    if library is None:  # a found delegate always carries its library; keep the error clear anyway
+        kind = device.name.split(":")[0]
+        library = DELEGATES.get(kind, ("", "", kind, ""))[2]
+    if rt.load_delegate is None:
+        raise ModelLoadError(f"{rt.module} cannot load external delegates", path=where, backend=NAME, device=device.request)
+    if find_library(library) is None:  # checked here: a failed load_delegate also warns from its __del__
+        raise ModelLoadError(f"delegate library {library} not found", path=where, backend=NAME, device=device.request)
+    try:
+        return rt.load_delegate(library, options)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"delegate {library} failed to load: {exc}", path=where, backend=NAME, device=device.request
+        ) from exc
+
+
+class LiteRTSession(Session):
+    """A TFLite interpreter holding one model, tensors allocated."""
+
+    backend = NAME
+
+    def __init__(self, source: ModelSource, device: Device, *, num_threads: int | None = None) -> None:
+        rt = _import_runtime()
+        where = str(source.path)
+        self.device = device.request
+        delegate = _delegate_for(device, rt, where)
+        kwargs: dict[str, Any] = {"model_content": source.content}
+        if num_threads is not None:
+            kwargs["num_threads"] = num_threads
+        if delegate is not None:
+            kwargs["experimental_delegates"] = [delegate]
+        try:
+            self._interp = rt.interpreter(**kwargs)
+        except ValueError as exc:
+            raise ModelLoadError(
+                f"the TFLite flatbuffer verifier rejected the model: {exc}", path=where, backend=NAME, device=self.device
+            ) from exc
+        try:
+            self._interp.allocate_tensors()
+        except RuntimeError as exc:
+            self._interp = None
+            raise ModelLoadError(
+                f"cannot prepare the model: {str(exc).strip()}", path=where, backend=NAME, device=self.device
+            ) from exc
+        ins = self._interp.get_input_details()
+        outs = self._interp.get_output_details()
+        self.inputs = tuple(_spec(d) for d in ins)
+        self.outputs = tuple(_spec(d) for d in outs)
+        self._in_idx = [int(d["index"]) for d in ins]
+        self._out_idx = [int(d["index"]) for d in outs]
+        ops = getattr(self._interp, "_get_ops_details", None)
+        self.op_count = len(ops()) if ops is not None else None
+        self._where = where
+
+    def run(self, arrays: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+        interp = self._interp
+        if interp is None:
+            raise InferenceError("session is closed", path=self._where, backend=NAME, device=self.device)
+        try:
+            for idx, arr in zip(self._in_idx, arrays):
+                interp.set_tensor(idx, arr)  # copies into the interpreter's tensor
+            interp.invoke()
+        except (RuntimeError, ValueError) as exc:
+            raise InferenceError(f"invoke failed: {exc}", path=self._where, backend=NAME, device=self.device) from exc
+        return [interp.get_tensor(idx) for idx in self._out_idx]  # get_tensor returns a copy
+
+    def close(self) -> None:
+        self._interp = None
+
+
+def open_session(source: ModelSource, device: Device, *, num_threads: int | None = None, **_: Any) -> Session:
+    """Load ``source`` on ``device`` (a LiteRT ``Device``); raise ``ModelLoadError`` on failure."""
+    return LiteRTSession(source, device, num_threads=num_threads)

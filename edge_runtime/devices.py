@@ -1,0 +1,341 @@
+"""Finding accelerators (``probe``) apart from choosing one (``select``).
+
+``probe()`` touches hardware and vendor libraries and returns plain ``Device``
+records. ``select()`` is a pure function of (requests, devices, model format): it
+returns the ordered candidates and, for every device passed over, the reason. The
+impure part, trying candidates in order and falling back when one fails to load,
+lives in ``edge_runtime.model.load``.
+
+Device request grammar (a string a person can type; ``load`` also takes a list of
+them, tried in order)::
+
+    request   := "auto" | KIND | "litert:" LITERT | "openvino:" OVDEVICE
+    KIND      := "cpu" | "gpu" | "npu" | "tpu" | "fpga"     any backend, that kind
+    LITERT    := "cpu"                                       XNNPACK on the CPU
+               | "edgetpu" [":" ("usb" | "pci") [":" N]]     Coral Edge TPU (libedgetpu.so.1)
+               | "gpu"                                       TFLite GPU delegate
+               | "vx"                                        VeriSilicon VX NPU delegate (i.MX 8M Plus)
+               | "delegate=" PATH (";" KEY "=" VALUE)*       any external delegate .so
+    OVDEVICE  := NAME ["." N]                                CPU, GPU.0, NPU, a registered plugin
+               | ("AUTO" | "MULTI") ":" NAME ("," NAME)*     OpenVINO picks/spreads among them
+               | "HETERO" ":" NAME ("," NAME)*               split by op support, in priority order
+
+``auto`` prefers an NPU or TPU, then a GPU, then the CPU; among equal kinds it tries
+the backends in the order of ``model_file.READERS`` (LiteRT first for ``.tflite``).
+FPGA and "other" devices are never picked by ``auto``: name them. Devices that say
+they lack int8 are skipped by ``auto`` (a named request still tries them).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .backends import LITERT, OPENVINO, REGISTRY, get_backend
+from .device_info import KINDS, Device, openvino_kind
+from .errors import BackendUnavailableError, DeviceRequestError
+from .model_file import READERS
+
+#: ``auto`` order: lower first. Kinds absent here are never chosen by ``auto``.
+AUTO_RANK = {"npu": 0, "tpu": 0, "gpu": 1, "cpu": 2}
+OPENVINO_META = ("AUTO", "MULTI", "HETERO", "BATCH")
+_OV_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[0-9]+)?$")
+_LITERT_TARGETS = ("cpu", "edgetpu", "gpu", "vx", "delegate=PATH")
+
+
+@dataclass(frozen=True)
+class DeviceRequest:
+    """A parsed device request. ``backend`` is None for ``auto`` and kind requests."""
+
+    text: str
+    backend: str | None = None
+    kind: str | None = None
+    target: str | None = None
+    options: tuple[tuple[str, str], ...] = ()
+    members: tuple[str, ...] = ()
+
+    @property
+    def is_auto(self) -> bool:
+        return self.backend is None and self.kind is None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A device to try, the request that named it and why it is in the list."""
+
+    device: Device
+    request: str
+    why: str
+
+
+@dataclass(frozen=True)
+class PassedOver:
+    """A device (or request) left out, and why."""
+
+    request: str
+    device: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.device or self.request}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The result of ``select``: candidates in the order to try, and what was left out."""
+
+    candidates: tuple[Candidate, ...]
+    passed_over: tuple[PassedOver, ...] = field(default=())
+
+
+def parse_request(text: str) -> DeviceRequest:
+    """Parse one device request; raise ``DeviceRequestError`` saying what was expected."""
+    raw = text.strip()
+    low = raw.lower()
+    if low == "auto":
+        return DeviceRequest(raw)
+    if low in KINDS and low != "other":
+        return DeviceRequest(raw, kind=low)
+    if low == "edgetpu":
+        return _parse_litert(raw, "edgetpu")
+    prefix, sep, rest = raw.partition(":")
+    if sep and prefix.lower() == LITERT:
+        return _parse_litert(raw, rest)
+    if sep and prefix.lower() == OPENVINO:
+        return _parse_openvino(raw, rest)
+    raise DeviceRequestError(
+        f"cannot parse device request {text!r}: expected 'auto', a kind (cpu, gpu, npu, tpu, fpga), "
+        f"'litert:<{'|'.join(_LITERT_TARGETS)}>' or 'openvino:<DEVICE>' (e.g. openvino:NPU, openvino:AUTO:NPU,CPU)",
+        device=text,
+    )
+
+
+def _parse_litert(raw: str, rest: str) -> DeviceRequest:
+    low = rest.lower()
+    if low in ("cpu", "xnnpack"):
+        return DeviceRequest(raw, LITERT, target="cpu")
+    if low in ("gpu", "vx"):
+        return DeviceRequest(raw, LITERT, target=low)
+    if low == "edgetpu" or low.startswith("edgetpu:"):
+        parts = low.split(":")[1:]
+        if parts and (parts[0] not in ("usb", "pci") or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit())):
+            raise DeviceRequestError(
+                f"cannot parse Edge TPU request {raw!r}: expected litert:edgetpu, litert:edgetpu:usb, "
+                "litert:edgetpu:usb:0 or litert:edgetpu:pci:0",
+                backend=LITERT,
+                device=raw,
+            )
+        options = (("device", ":".join(parts)),) if parts else ()
+        return DeviceRequest(raw, LITERT, target="edgetpu", options=options)
+    if rest.startswith("delegate="):
+        path, *pairs = rest[len("delegate=") :].split(";")
+        if not path:
+            raise DeviceRequestError(f"delegate request {raw!r} names no library path", backend=LITERT, device=raw)
+        options: list[tuple[str, str]] = [("library", path)]
+        for pair in pairs:
+            key, eq, value = pair.partition("=")
+            if not eq or not key:
+                raise DeviceRequestError(
+                    f"delegate option {pair!r} in {raw!r} is not KEY=VALUE", backend=LITERT, device=raw
+                )
+            options.append((key, value))
+        return DeviceRequest(raw, LITERT, target="delegate", options=tuple(options))
+    raise DeviceRequestError(
+        f"unknown LiteRT device {rest!r} in {raw!r}: expected one of {', '.join(_LITERT_TARGETS)}",
+        backend=LITERT,
+        device=raw,
+    )
+
+
+def _parse_openvino(raw: str, rest: str) -> DeviceRequest:
+    meta, sep, tail = rest.partition(":")
+    if sep:
+        meta_up = meta.upper()
+        if meta_up not in OPENVINO_META:
+            raise DeviceRequestError(
+                f"unknown OpenVINO virtual device {meta!r} in {raw!r}: expected one of {', '.join(OPENVINO_META)}",
+                backend=OPENVINO,
+                device=raw,
+            )
+        members = tuple(_ov_name(raw, m) for m in tail.split(","))
+        return DeviceRequest(raw, OPENVINO, target=f"{meta_up}:{','.join(members)}", members=members)
+    name = _ov_name(raw, rest)
+    if name in OPENVINO_META:
+        return DeviceRequest(raw, OPENVINO, target=name, members=())
+    return DeviceRequest(raw, OPENVINO, target=name)
+
+
+def _ov_name(raw: str, name: str) -> str:
+    name = name.strip()
+    if not _OV_NAME.match(name):
+        raise DeviceRequestError(
+            f"bad OpenVINO device name {name!r} in {raw!r}: expected a name like CPU, GPU.0, NPU",
+            backend=OPENVINO,
+            device=raw,
+        )
+    return name.upper()
+
+
+def select(
+    requests: str | Sequence[str] | Sequence[DeviceRequest],
+    devices: Sequence[Device],
+    model_format: str,
+) -> Selection:
+    """Order the devices to try for a model of ``model_format``, and say why others were left out.
+
+    Pure: reads only its arguments. ``requests`` is one request or a list tried in
+    order; duplicates are tried once.
+    """
+    parsed = _as_requests(requests)
+    readers = READERS[model_format]
+    candidates: list[Candidate] = []
+    passed: list[PassedOver] = []
+    for req in parsed:
+        for item in _expand(req, devices, readers, model_format):
+            if isinstance(item, PassedOver):
+                passed.append(item)
+            elif all(c.device.request != item.device.request for c in candidates):
+                candidates.append(item)
+    return Selection(tuple(candidates), tuple(passed))
+
+
+def _as_requests(requests: str | Sequence[str] | Sequence[DeviceRequest]) -> list[DeviceRequest]:
+    items: Iterable[str | DeviceRequest] = [requests] if isinstance(requests, str) else requests
+    parsed = [r if isinstance(r, DeviceRequest) else parse_request(r) for r in items]
+    if not parsed:
+        raise DeviceRequestError("empty device request list")
+    return parsed
+
+
+def _expand(
+    req: DeviceRequest, devices: Sequence[Device], readers: tuple[str, ...], model_format: str
+) -> list[Candidate | PassedOver]:
+    if req.backend is None:
+        return _expand_kind(req, devices, readers, model_format)
+    if req.backend not in readers:
+        return [PassedOver(req.text, req.text, f"{req.backend} cannot read {model_format} models")]
+    broken = next((d for d in devices if d.backend == req.backend and not d.name and not d.available), None)
+    if broken is not None:
+        return [PassedOver(req.text, req.text, broken.reason)]
+    if req.backend == LITERT:
+        return [_match_litert(req, devices)]
+    return [_match_openvino(req, devices)]
+
+
+def _expand_kind(
+    req: DeviceRequest, devices: Sequence[Device], readers: tuple[str, ...], model_format: str
+) -> list[Candidate | PassedOver]:
+    out: list[Candidate | PassedOver] = []
+    ranked: list[tuple[int, int, int, Device]] = []
+    for i, dev in enumerate(devices):
+        label = dev.request if dev.name else dev.backend
+        if req.kind is not None and dev.kind != req.kind:
+            continue  # not asked for: not "passed over"
+        if dev.backend not in readers:
+            out.append(PassedOver(req.text, label, f"{dev.backend} cannot read {model_format} models"))
+        elif not dev.available:
+            out.append(PassedOver(req.text, label, dev.reason or "unavailable"))
+        elif req.is_auto and dev.kind not in AUTO_RANK:
+            out.append(PassedOver(req.text, label, f"auto never picks a {dev.kind} device: request it by name"))
+        elif req.is_auto and dev.int8 is False:
+            out.append(PassedOver(req.text, label, "no int8 support (device capabilities lack INT8)"))
+        else:
+            ranked.append((AUTO_RANK.get(dev.kind, 9), readers.index(dev.backend), i, dev))
+    ranked.sort(key=lambda t: t[:3])
+    why = "auto: npu/tpu, then gpu, then cpu" if req.is_auto else f"kind {req.kind}"
+    out.extend(Candidate(dev, req.text, f"{why} ({dev.kind})") for *_, dev in ranked)
+    if req.kind is not None and not ranked and not out:
+        out.append(PassedOver(req.text, req.text, f"no {req.kind} device found"))
+    return out
+
+
+def _match_litert(req: DeviceRequest, devices: Sequence[Device]) -> Candidate | PassedOver:
+    if req.target == "delegate":
+        lib = dict(req.options)["library"]
+        dev = Device(LITERT, f"delegate={lib}", "other", f"external delegate {lib}", options=req.options)
+        return Candidate(dev, req.text, "named by request; the library is loaded and checked at load time")
+    found = next((d for d in devices if d.backend == LITERT and d.name == req.target), None)
+    if found is None:
+        return PassedOver(req.text, req.text, f"not found ({_found_list(devices, LITERT)})")
+    if not found.available:
+        return PassedOver(req.text, found.request, found.reason or "unavailable")
+    if req.options:
+        found = Device(
+            found.backend,
+            found.name + ":" + dict(req.options)["device"],
+            found.kind,
+            found.full_name,
+            found.int8,
+            found.available,
+            found.reason,
+            found.capabilities,
+            found.options + req.options,
+        )
+    return Candidate(found, req.text, "named by request")
+
+
+def _match_openvino(req: DeviceRequest, devices: Sequence[Device]) -> Candidate | PassedOver:
+    ov = [d for d in devices if d.backend == OPENVINO and d.name]
+    target = req.target or ""
+    meta = target.split(":")[0] if ":" in target else None
+    if meta is None and target not in OPENVINO_META:
+        found = _find_ov(ov, target)
+        if found is None:
+            return PassedOver(req.text, req.text, f"not found ({_found_list(devices, OPENVINO)})")
+        if not found.available:
+            return PassedOver(req.text, found.request, found.reason or "unavailable")
+        return Candidate(found, req.text, "named by request")
+    members = req.members or tuple(d.name for d in ov if d.available)
+    present = [m for m in members if (d := _find_ov(ov, m)) is not None and d.available]
+    missing = [m for m in members if m not in present]
+    if meta == "HETERO" and missing:
+        return PassedOver(req.text, req.text, f"HETERO needs every listed device; missing: {', '.join(missing)}")
+    if not present:
+        return PassedOver(req.text, req.text, f"none of {', '.join(members) or 'its devices'} found")
+    kinds = [openvino_kind(m) for m in present]
+    kind = min(kinds, key=lambda k: AUTO_RANK.get(k, 9))
+    member_devs = [d for m in present if (d := _find_ov(ov, m)) is not None]
+    int8 = any(d.int8 for d in member_devs) if member_devs else None
+    dev = Device(OPENVINO, target, kind, f"{target.split(':')[0]} over {', '.join(present)}", int8)
+    note = f"; not found: {', '.join(missing)} (OpenVINO skips them)" if missing else ""
+    return Candidate(dev, req.text, f"named by request{note}")
+
+
+def _find_ov(ov: Sequence[Device], name: str) -> Device | None:
+    exact = next((d for d in ov if d.name == name), None)
+    if exact is not None:
+        return exact
+    # OpenVINO accepts "GPU" for the first of GPU.0, GPU.1, ...
+    return next((d for d in ov if d.name.split(".")[0] == name), None)
+
+
+def _found_list(devices: Sequence[Device], backend: str) -> str:
+    names = [d.name for d in devices if d.backend == backend and d.name]
+    return f"{backend} found: {', '.join(names)}" if names else f"{backend} found no devices"
+
+
+def probe(backends: Sequence[str] | None = None, *, openvino_plugins: dict[str, str] | None = None) -> list[Device]:
+    """Find the devices of ``backends`` (default: all registered), touching hardware.
+
+    A backend that cannot be imported gives one unavailable record with the reason.
+    ``openvino_plugins`` maps a device name to a plugin library (or names a
+    ``plugins.xml`` under the key ``"xml"``); see ``backends.openvino.probe_devices``.
+    """
+    found: list[Device] = []
+    for name in backends or tuple(REGISTRY):
+        try:
+            module = get_backend(name)
+        except BackendUnavailableError as exc:
+            found.append(Device(name, "", "other", f"{name} (not importable)", available=False, reason=exc.reason))
+            continue
+        if name == OPENVINO:
+            found.extend(module.probe_devices(plugins=openvino_plugins))
+        else:
+            found.extend(module.probe_devices())
+    return found
+
+
+def devices(*, openvino_plugins: dict[str, str] | None = None) -> list[Device]:
+    """Every accelerator the installed backends can find, available or not, with reasons."""
+    return probe(openvino_plugins=openvino_plugins)

@@ -1,0 +1,72 @@
+"""One exception hierarchy for the package.
+
+Every error carries the fields a person needs to act on it: the model path, the
+backend, the device and the reason. ``str(err)`` puts them on one line, for logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class EdgeRuntimeError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        path: str | None = None,
+        backend: str | None = None,
+        device: str | None = None,
+        attempts: Sequence[str] = (),
+    ) -> None:
+        self.reason = reason
+        self.path = path
+        self.backend = backend
+        self.device = device
+        #: One line per device tried or passed over, in order (load failures only).
+        self.attempts = tuple(attempts)
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = [
+            f"{label}={value}"
+            for label, value in (("path", self.path), ("backend", self.backend), ("device", self.device))
+            if value
+        ]
+        text = f"{self.reason} [{', '.join(where)}]" if where else self.reason
+        if self.attempts:
+            text += "\n  " + "\n  ".join(self.attempts)
+        return text
+
+
+class ModelFileError(EdgeRuntimeError):
+    """The model file is missing, unreadable, or not a model of a known format."""
+
+
+class ModelLoadError(EdgeRuntimeError):
+    """The file looked right but the backend refused it (verifier, custom op, delegate, compile).
+
+    Raised by ``load`` when every candidate device failed; ``attempts`` lists each.
+    """
+
+
+class DeviceRequestError(EdgeRuntimeError):
+    """A device request string does not parse."""
+
+
+class BackendUnavailableError(EdgeRuntimeError):
+    """A backend's Python package cannot be imported; the reason says why."""
+
+
+class DeviceUnavailableError(EdgeRuntimeError):
+    """No requested device was found usable; ``attempts`` says why for each."""
+
+
+class InputError(EdgeRuntimeError):
+    """An input given to ``infer`` has the wrong count, name, shape or dtype."""
+
+
+class InferenceError(EdgeRuntimeError):
+    """The backend failed while running the model."""

@@ -1,0 +1,121 @@
+"""Reading and checking a model file before any backend sees it.
+
+The bytes are read once; backends load from these bytes (LiteRT ``model_content=``,
+OpenVINO IR from memory), so the file cannot change between the check and the load,
+and LiteRT's flatbuffer verifier runs on exactly what was checked.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelFileError
+
+TFLITE = "tflite"
+OPENVINO_IR = "ir"
+ONNX = "onnx"
+
+#: Which backends can read each format, in the order ``auto`` tries them on a CPU.
+#: LiteRT comes first for .tflite: it runs TFLite's own kernels, and on this kind of
+#: model its Python call costs about half of OpenVINO's (see README, Performance).
+READERS: dict[str, tuple[str, ...]] = {
+    TFLITE: ("litert", "openvino"),
+    OPENVINO_IR: ("openvino",),
+    ONNX: ("openvino",),
+}
+
+_TFLITE_IDENTIFIER = b"TFL3"
+_MIN_TFLITE_BYTES = 16  # root offset (4) + identifier (4) + the smallest table
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A checked model: its format and the bytes every backend loads from.
+
+    ``weights`` holds the ``.bin`` of an OpenVINO IR (``None`` otherwise). Both byte
+    strings are owned by this record and never modified.
+    """
+
+    path: Path
+    format: str
+    content: bytes
+    weights: bytes | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.content) + (len(self.weights) if self.weights else 0)
+
+
+def read_model_file(path: str | Path) -> ModelSource:
+    """Read and check ``path``; raise ``ModelFileError`` naming the path and the reason."""
+    p = Path(path)
+    where = str(p)
+    if p.is_dir():
+        raise ModelFileError("is a directory, not a model file", path=where)
+    try:
+        content = p.read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError("no such file", path=where) from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot read: {exc.strerror or exc}", path=where) from exc
+    if not content:
+        raise ModelFileError("empty file (0 bytes)", path=where)
+
+    suffix = p.suffix.lower()
+    if suffix == ".xml":
+        return _read_ir(p, content)
+    if suffix == ".onnx":
+        return _check_onnx(p, content)
+    if suffix == ".tflite" or content[4:8] == _TFLITE_IDENTIFIER:
+        _check_tflite(where, content)
+        return ModelSource(p, TFLITE, content)
+    if suffix == ".bin":
+        raise ModelFileError("this is the weights file of an OpenVINO IR; load the .xml beside it", path=where)
+    raise ModelFileError(
+        f"unknown model format (suffix {suffix or 'none'!r}; expected .tflite, .xml (OpenVINO IR) or .onnx)",
+        path=where,
+    )
+
+
+def _check_tflite(where: str, content: bytes) -> None:
+    if len(content) < 8 or content[4:8] != _TFLITE_IDENTIFIER:
+        raise ModelFileError(
+            f"not a TFLite flatbuffer: file identifier is {content[4:8]!r}, expected {_TFLITE_IDENTIFIER!r}"
+            f" ({len(content)} bytes)",
+            path=where,
+        )
+    if len(content) < _MIN_TFLITE_BYTES:
+        raise ModelFileError(f"truncated TFLite model: only {len(content)} bytes", path=where)
+    (root,) = struct.unpack_from("<I", content, 0)
+    if root + 4 > len(content):
+        raise ModelFileError(
+            f"truncated TFLite model: root table offset {root} lies beyond the {len(content)}-byte file",
+            path=where,
+        )
+
+
+def _read_ir(p: Path, content: bytes) -> ModelSource:
+    head = content.lstrip()[:512]
+    if not (head.startswith(b"<?xml") or head.startswith(b"<net")):
+        raise ModelFileError("not an OpenVINO IR: the .xml does not start with an XML declaration", path=str(p))
+    bin_path = p.with_suffix(".bin")
+    try:
+        weights = bin_path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(f"OpenVINO IR weights file {bin_path.name} is missing beside the .xml", path=str(p)) from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot read weights {bin_path}: {exc.strerror or exc}", path=str(p)) from exc
+    return ModelSource(p, OPENVINO_IR, content, weights)
+
+
+def _check_onnx(p: Path, content: bytes) -> ModelSource:
+    # An ONNX ModelProto starts with a protobuf field tag; field 1 (ir_version,
+    # varint) is tag 0x08. Exporters always write it first.
+    if content[0] != 0x08:
+        raise ModelFileError(
+            f"not an ONNX model: first byte 0x{content[0]:02x} is not the ir_version field tag 0x08",
+            path=str(p),
+        )
+    return ModelSource(p, ONNX, content)

@@ -1,0 +1,126 @@
+"""Tensor specs and the int8/uint8 (de)quantization arithmetic.
+
+No backend is imported here: backends build ``TensorSpec`` records, everything
+else reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """Affine quantization ``real = scale * (q - zero_point)``.
+
+    ``scales`` and ``zero_points`` have one entry per tensor (``axis is None``) or one
+    per slice along ``axis`` (per-channel).
+    """
+
+    scales: tuple[float, ...]
+    zero_points: tuple[int, ...]
+    axis: int | None = None
+
+    @property
+    def per_channel(self) -> bool:
+        return self.axis is not None and len(self.scales) > 1
+
+    @property
+    def scale(self) -> float:
+        """The per-tensor scale; raises ``ValueError`` for per-channel quantization."""
+        if self.per_channel:
+            raise ValueError("per-channel quantization has no single scale")
+        return self.scales[0]
+
+    @property
+    def zero_point(self) -> int:
+        """The per-tensor zero point; raises ``ValueError`` for per-channel quantization."""
+        if self.per_channel:
+            raise ValueError("per-channel quantization has no single zero point")
+        return self.zero_points[0]
+
+    def _broadcast(self, ndim: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        scales = np.asarray(self.scales, dtype=np.float32)
+        zps = np.asarray(self.zero_points, dtype=np.float32)
+        if self.per_channel and self.axis is not None:
+            shape = [1] * ndim
+            shape[self.axis] = len(self.scales)
+            return scales.reshape(shape), zps.reshape(shape)
+        return scales[0], zps[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scales": list(self.scales), "zero_points": list(self.zero_points), "axis": self.axis}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What one model input or output looks like.
+
+    ``shape`` is the static shape the model runs with (after any reshape of a dynamic
+    batch dimension to 1). ``quantization`` is ``None`` for float tensors and for
+    quantized tensors whose parameters the backend could not recover.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    quantization: Quantization | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.quantization is not None
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype.name,
+            "quantization": self.quantization.to_dict() if self.quantization else None,
+        }
+
+    def describe(self) -> str:
+        """One human line: ``name int8[1,8,8,1] scale=0.0039 zp=-128``."""
+        text = f"{self.name} {self.dtype.name}[{','.join(map(str, self.shape))}]"
+        q = self.quantization
+        if q is None:
+            return text
+        if q.per_channel:
+            return text + f" per-channel(axis={q.axis}, {len(q.scales)} scales)"
+        return text + f" scale={q.scales[0]:.6g} zp={q.zero_points[0]}"
+
+
+def quantize(x: npt.ArrayLike, spec: TensorSpec, out: npt.NDArray[Any] | None = None) -> npt.NDArray[Any]:
+    """Quantize real values to ``spec``'s integer dtype: ``clip(round(x / scale) + zp)``.
+
+    Rounds half to even (NumPy ``rint``); TFLite's own quantizer rounds half away from
+    zero, so a value exactly halfway between two steps may land one step apart. Writes into ``out`` when given (it must have
+    ``spec``'s shape and dtype) and returns it; otherwise returns a new array.
+    """
+    q = spec.quantization
+    if q is None:
+        raise ValueError(f"tensor {spec.name!r} has no quantization parameters")
+    info = np.iinfo(spec.dtype)
+    scale, zp = q._broadcast(len(spec.shape))
+    values = np.rint(np.asarray(x, dtype=np.float32) / scale) + zp
+    np.clip(values, info.min, info.max, out=values)
+    if out is None:
+        return values.astype(spec.dtype)
+    np.copyto(out, values, casting="unsafe")
+    return out
+
+
+def dequantize(q_values: npt.NDArray[Any], spec: TensorSpec) -> npt.NDArray[np.float32]:
+    """Return ``scale * (q - zp)`` as a new float32 array (float tensors: a float32 copy)."""
+    q = spec.quantization
+    if q is None:
+        return np.asarray(q_values, dtype=np.float32).copy()
+    scale, zp = q._broadcast(q_values.ndim)
+    return ((q_values.astype(np.float32) - zp) * scale).astype(np.float32, copy=False)
