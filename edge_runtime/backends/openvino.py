@@ -131,6 +131,9 @@ def _read(source: ModelSource) -> Any:
 
 
 def _const(node: Any) -> npt.NDArray[np.float64] | None:
+    """The values of a Constant (or of a Convert of one), as float64; None for anything else."""
+    if node.get_type_name() == "Convert":
+        node = node.input(0).get_source_output().get_node()
     if node.get_type_name() != "Constant":
         return None
     return np.asarray(node.get_data(), dtype=np.float64).ravel()

@@ -1,0 +1,81 @@
+"""Loud fallback on the real backends: a device that fails to load gives way to the next."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edge_runtime as er
+from conftest import backend_available
+
+needs_both = pytest.mark.skipif(not (backend_available("litert") and backend_available("openvino")),
+                                reason="needs both backends")
+
+
+def test_missing_delegate_falls_back_to_cpu_with_reason(digits_model: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        model = er.load(digits_model, ["litert:delegate=/nonexistent/libnpu.so", "litert:cpu"])
+    with model:
+        assert model.device == "litert:cpu"
+        assert model.attempts == ("litert:delegate=/nonexistent/libnpu.so: delegate library "
+                                  "/nonexistent/libnpu.so not found",)
+        assert "trying the next device" in caplog.text
+        assert model.infer_raw(np.zeros(model.inputs[0].shape, np.int8))[0].shape == model.outputs[0].shape
+
+
+def test_a_library_that_is_not_a_delegate_does_not_crash(digits_model: Path, tmp_path: Path) -> None:
+    """A real .so without the delegate entry points: dlopen works, the delegate load fails cleanly."""
+    import ctypes.util
+
+    libm = ctypes.util.find_library("m")
+    lib = next((p for p in (f"/lib/x86_64-linux-gnu/{libm}", f"/usr/lib/x86_64-linux-gnu/{libm}",
+                            f"/lib/aarch64-linux-gnu/{libm}", f"/usr/lib/aarch64-linux-gnu/{libm}")
+                if libm and Path(p).is_file()), None)
+    if lib is None:
+        pytest.skip("no libm path found")
+    with er.load(digits_model, [f"litert:delegate={lib}", "litert:cpu"]) as model:
+        assert model.device == "litert:cpu"
+        assert model.attempts[0].startswith(f"litert:delegate={lib}: delegate {lib} failed to load")
+
+
+def test_nothing_usable_raises_device_unavailable(digits_model: Path) -> None:
+    with pytest.raises(er.DeviceUnavailableError) as info:
+        er.load(digits_model, ["openvino:NPU", "tpu"])
+    err = info.value
+    assert str(digits_model) in str(err)
+    assert any(a.startswith("openvino:NPU: not found") for a in err.attempts), err.attempts
+    assert any(a.startswith("litert:edgetpu: libedgetpu.so.1 not found") for a in err.attempts), err.attempts
+
+
+@needs_both
+def test_broken_openvino_plugin_falls_back(digits_model: Path, tmp_path: Path) -> None:
+    """A plugin library that exists but is not a plugin: probing reports it, loading falls back."""
+    fake = tmp_path / "libfake_fpga_plugin.so"
+    fake.write_bytes(b"\x7fELF not really")
+    found = er.devices(openvino_plugins={"FAKEFPGA": str(fake)})
+    entry = next(d for d in found if d.backend == "openvino" and d.name == "FAKEFPGA")
+    assert not entry.available and entry.reason, entry
+    with er.load(digits_model, ["openvino:FAKEFPGA", "openvino:CPU"],
+                 openvino_plugins={"FAKEFPGA": str(fake)}) as model:
+        assert model.device == "openvino:CPU"
+        assert model.attempts[0].startswith("openvino:FAKEFPGA: ")
+
+
+@needs_both
+def test_auto_on_this_machine_picks_litert_cpu_for_tflite(digits_model: Path) -> None:
+    with er.load(digits_model) as model:
+        assert model.device == "litert:cpu"
+        assert model.reason.startswith("auto -> auto: npu/tpu, then gpu, then cpu")
+        assert any(a.startswith("litert:edgetpu:") for a in model.attempts)
+
+
+def test_devices_lists_cpu_and_explains_the_rest() -> None:
+    found = er.devices()
+    cpus = [d for d in found if d.kind == "cpu" and d.available]
+    assert cpus, found
+    for d in found:
+        assert d.available or d.reason, d

@@ -1,0 +1,165 @@
+"""Loading and running real int8 models on the real LiteRT and OpenVINO interpreters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import edge_runtime as er
+from conftest import BACKENDS, MLPERF_MODELS, SHIPPED, backend_available, random_input, sidecar
+
+ALL_TFLITE = SHIPPED + MLPERF_MODELS
+DEVICE = {"litert": "litert:cpu", "openvino": "openvino:CPU"}
+
+
+def _bare_litert(path: Path, x: np.ndarray[Any, Any]) -> list[np.ndarray[Any, Any]]:
+    from edge_runtime.backends.litert import _import_runtime
+
+    interp = _import_runtime().interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    return [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
+
+
+def _bare_openvino(path: Path, x: np.ndarray[Any, Any]) -> list[np.ndarray[Any, Any]]:
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    model.reshape({model.inputs[0]: ov.PartialShape(list(x.shape))})
+    request = core.compile_model(model, "CPU").create_infer_request()
+    result = request.infer({0: x})
+    return [np.asarray(result[o]) for o in request.model_outputs]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("path", ALL_TFLITE, ids=lambda p: p.name)
+def test_infer_raw_is_bit_identical_to_the_bare_interpreter(path: Path, backend: str) -> None:
+    with er.load(path, DEVICE[backend]) as model:
+        assert model.backend == backend and model.device == DEVICE[backend]
+        for seed in range(3):
+            x = random_input(model.inputs[0], seed)
+            ours = model.infer_raw(x)
+            bare = _bare_litert(path, x) if backend == "litert" else _bare_openvino(path, x)
+            assert len(ours) == len(bare)
+            for a, b in zip(ours, bare):
+                assert a.dtype == b.dtype and a.shape == b.shape
+                np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not (backend_available("litert") and backend_available("openvino")), reason="needs both backends")
+@pytest.mark.parametrize("path", ALL_TFLITE, ids=lambda p: p.name)
+def test_both_backends_report_the_same_specs(path: Path) -> None:
+    with er.load(path, "litert:cpu") as lm, er.load(path, "openvino:CPU") as om:
+        for a, b in zip(lm.inputs + lm.outputs, om.inputs + om.outputs):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            assert a.quantization is not None and b.quantization is not None, (a, b)
+            assert a.quantization.zero_points == b.quantization.zero_points
+            np.testing.assert_allclose(a.quantization.scales, b.quantization.scales, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_model_accuracy_matches_its_readme(path: Path, backend: str) -> None:
+    meta = sidecar(path)
+    data = np.load(path.with_name(path.stem.replace("_int8", "") + "_test.npz")) if not path.with_name(
+        path.stem + "_test.npz").exists() else np.load(path.with_name(path.stem + "_test.npz"))
+    x, y = data["x"], data["y"]
+    with er.load(path, DEVICE[backend]) as model:
+        spec = model.inputs[0]
+        pred = np.array([int(np.argmax(model.infer(sample.reshape(spec.shape))[0])) for sample in x])
+    accuracy = float(np.mean(pred == y))
+    stated = float(meta["int8_accuracy"])
+    # LiteRT is the reference the stated figure was measured on; OpenVINO may round differently.
+    assert accuracy == pytest.approx(stated, abs=0.002 if backend == "litert" else 0.02), (accuracy, stated)
+    assert accuracy > 0.6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_infer_quantizes_float_input_and_dequantizes_output(digits_model: Path, backend: str) -> None:
+    with er.load(digits_model, DEVICE[backend]) as model:
+        spec, out = model.inputs[0], model.outputs[0]
+        assert spec.dtype == np.int8 and spec.quantization is not None
+        real = np.random.default_rng(1).uniform(0, 1, spec.shape).astype(np.float32)
+        q = er.quantize(real, spec)
+        np.testing.assert_array_equal(model.infer_raw(q)[0], model.infer_raw(q)[0])
+        raw = model.infer_raw(q)[0]
+        result = model.infer(real)[0]
+        assert result.dtype == np.float32
+        expected = (raw.astype(np.float32) - out.quantization.zero_points[0]) * out.quantization.scales[0]
+        np.testing.assert_array_equal(result, expected)
+        # An array already in the input dtype passes unchanged.
+        np.testing.assert_array_equal(model.infer(q)[0], result)
+
+
+def test_quantize_rounds_and_saturates() -> None:
+    spec = er.TensorSpec("x", (5,), np.dtype(np.int8), er.Quantization((0.5,), (-10,)))
+    q = er.quantize(np.array([0.0, 0.74, 1000.0, -1000.0, -1.0], np.float32), spec)
+    np.testing.assert_array_equal(q, [-10, -9, 127, -128, -12])
+    np.testing.assert_allclose(er.dequantize(q, spec), [0.0, 0.5, 68.5, -59.0, -1.0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wrong_inputs_raise_input_error(digits_model: Path, backend: str) -> None:
+    with er.load(digits_model, DEVICE[backend]) as model:
+        spec = model.inputs[0]
+        with pytest.raises(er.InputError, match=r"shape \(1, 64\), expected \(1, 8, 8, 1\)") as info:
+            model.infer_raw(np.zeros((1, 64), np.int8))
+        assert str(digits_model) in str(info.value) and DEVICE[backend] in str(info.value)
+        with pytest.raises(er.InputError, match="dtype float32, expected int8 .infer_raw converts nothing"):
+            model.infer_raw(np.zeros(spec.shape, np.float32))
+        with pytest.raises(er.InputError, match="dtype int32, expected int8"):
+            model.infer(np.zeros(spec.shape, np.int32))
+        with pytest.raises(er.InputError, match="unknown \\['nope'\\]"):
+            model.infer({"nope": np.zeros(spec.shape, np.int8)})
+        by_name = model.infer_raw({spec.name: np.zeros(spec.shape, np.int8)})
+        np.testing.assert_array_equal(by_name[0], model.infer_raw(np.zeros(spec.shape, np.int8))[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_close_is_idempotent_and_blocks_use(digits_model: Path, backend: str) -> None:
+    model = er.load(digits_model, DEVICE[backend])
+    model.close()
+    model.close()
+    assert model.closed
+    with pytest.raises(er.InputError, match="model is closed"):
+        model.infer_raw(np.zeros(model.inputs[0].shape, np.int8))
+
+
+def test_openvino_ir_loads_from_memory_and_matches_tflite(ir_model: Path, digits_model: Path) -> None:
+    with er.load(ir_model) as ir, er.load(digits_model, "openvino:CPU") as tfl:
+        assert ir.format == "ir" and ir.backend == "openvino"
+        assert ir.inputs[0].quantization == tfl.inputs[0].quantization
+        x = random_input(ir.inputs[0], 3)
+        np.testing.assert_array_equal(ir.infer_raw(x)[0], tfl.infer_raw(x)[0])
+
+
+def test_openvino_ir_rejected_by_litert_request(ir_model: Path) -> None:
+    with pytest.raises(er.DeviceUnavailableError, match="litert cannot read ir models"):
+        er.load(ir_model, "litert:cpu")
+
+
+def test_onnx_qdq_model(onnx_model: tuple[Path, np.ndarray[Any, Any]]) -> None:
+    path, w = onnx_model
+    with er.load(path) as model:
+        assert model.format == "onnx" and model.device == "openvino:CPU"
+        (spec,), (out,) = model.inputs, model.outputs
+        assert spec.shape == (1, 4), "dynamic batch is reshaped to 1"
+        assert spec.quantization == er.Quantization((pytest.approx(0.05),), (3,))  # type: ignore[arg-type]
+        assert out.quantization is not None and out.quantization.zero_points == (-5,)
+        x = np.array([[10, -20, 30, 127]], np.int8)
+        expected = np.clip(np.rint(((x.astype(np.float32) - 3) * 0.05) @ w / 0.1) - 5, -128, 127)
+        np.testing.assert_array_equal(model.infer_raw(x)[0], expected.astype(np.int8))
+
+
+@pytest.mark.skipif(not backend_available("openvino"), reason="openvino not installed")
+def test_openvino_reshapes_dynamic_batch_to_static(digits_model: Path) -> None:
+    import openvino as ov
+
+    assert ov.Core().read_model(str(digits_model)).inputs[0].get_partial_shape().is_dynamic
+    with er.load(digits_model, "openvino:CPU") as model:
+        assert model.inputs[0].shape == (1, 8, 8, 1)
