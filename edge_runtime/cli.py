@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -64,8 +65,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
         except EdgeRuntimeError as exc:
             runtimes[name] = {"unavailable": exc.reason}
     rows = [
-        [d.request if d.name else d.backend, d.kind, "yes" if d.available else "no",
-         {True: "yes", False: "no", None: "?"}[d.int8], d.full_name if d.available else d.reason]
+        [
+            d.request if d.name else d.backend,
+            d.kind,
+            "yes" if d.available else "no",
+            {True: "yes", False: "no", None: "?"}[d.int8],
+            d.full_name if d.available else d.reason,
+        ]
         for d in found
     ]
     runtime_lines = "\n".join(
@@ -150,8 +156,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "warmup": args.warmup,
             **st.to_dict(),
         }
-        rows = [[k, f"{v:.1f}"] for k, v in
-                (("min", st.min_us), ("p50", st.p50_us), ("p90", st.p90_us), ("p99", st.p99_us), ("mean", st.mean_us))]
+        rows = [
+            [k, f"{v:.1f}"]
+            for k, v in (
+                ("min", st.min_us),
+                ("p50", st.p50_us),
+                ("p90", st.p90_us),
+                ("p99", st.p99_us),
+                ("mean", st.mean_us),
+            )
+        ]
         text = (
             f"model:      {model.path}\n"
             f"device:     {model.device} ({model.device_info.full_name})\n"
@@ -175,8 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser, model: bool = True) -> None:
         p.add_argument("--json", action="store_const", const="pretty", help="print one JSON object instead of a table")
-        p.add_argument("--openvino-plugin", action="append", metavar="NAME=PATH",
-                       help="register an OpenVINO plugin library for device NAME (or xml=plugins.xml); repeatable")
+        p.add_argument(
+            "--openvino-plugin",
+            action="append",
+            metavar="NAME=PATH",
+            help="register an OpenVINO plugin library for device NAME (or xml=plugins.xml); repeatable",
+        )
         if model:
             p.add_argument("model", help="a .tflite, OpenVINO IR .xml (with its .bin) or .onnx file")
             p.add_argument("-d", "--device", action="append", metavar="REQUEST", help=DEVICE_HELP)
@@ -212,3 +230,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `edge-runtime devices | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

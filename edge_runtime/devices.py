@@ -126,8 +126,8 @@ def _parse_litert(raw: str, rest: str) -> DeviceRequest:
                 backend=LITERT,
                 device=raw,
             )
-        options = (("device", ":".join(parts)),) if parts else ()
-        return DeviceRequest(raw, LITERT, target="edgetpu", options=options)
+        tpu_options: tuple[tuple[str, str], ...] = (("device", ":".join(parts)),) if parts else ()
+        return DeviceRequest(raw, LITERT, target="edgetpu", options=tpu_options)
     if rest.startswith("delegate="):
         path, *pairs = rest[len("delegate=") :].split(";")
         if not path:
@@ -294,7 +294,8 @@ def _match_openvino(req: DeviceRequest, devices: Sequence[Device]) -> Candidate 
     if not present:
         return PassedOver(req.text, req.text, f"none of {', '.join(members) or 'its devices'} found")
     kinds = [openvino_kind(m) for m in present]
-    kind = min(kinds, key=lambda k: AUTO_RANK.get(k, 9))
+    # HETERO runs on its devices in the order given; AUTO/MULTI lean on the best one.
+    kind = kinds[0] if meta == "HETERO" else min(kinds, key=lambda k: AUTO_RANK.get(k, 9))
     member_devs = [d for m in present if (d := _find_ov(ov, m)) is not None]
     int8 = any(d.int8 for d in member_devs) if member_devs else None
     dev = Device(OPENVINO, target, kind, f"{target.split(':')[0]} over {', '.join(present)}", int8)

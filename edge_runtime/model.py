@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +27,7 @@ from .tensors import TensorSpec, dequantize, quantize
 log = logging.getLogger("edge_runtime")
 
 #: What ``infer`` accepts: one array (single-input models), a list in input order, or name -> array.
-Inputs = Union[npt.ArrayLike, Sequence[npt.ArrayLike], Mapping[str, npt.ArrayLike]]
+Inputs = npt.ArrayLike | Sequence[npt.ArrayLike] | Mapping[str, npt.ArrayLike]
 
 
 class Model:
@@ -94,7 +94,9 @@ class Model:
             unknown = sorted(set(x) - set(self._names))
             missing = sorted(set(self._names) - set(x))
             if unknown or missing:
-                raise self._input_error(f"input names: unknown {unknown}, missing {missing}; expected {list(self._names)}")
+                raise self._input_error(
+                    f"input names: unknown {unknown}, missing {missing}; expected {list(self._names)}"
+                )
             items = [x[s.name] for s in self.inputs]
         elif isinstance(x, (list, tuple)) and len(self.inputs) > 1:
             items = list(x)
@@ -182,9 +184,9 @@ def load(
     does not parse, ``DeviceUnavailableError`` when no requested device is there, and
     ``ModelLoadError`` when every candidate failed to load (each reason listed).
     """
+    requests = [parse_request(r) for r in ([device] if isinstance(device, str) else device)]
     source = read_model_file(path)
     where = str(source.path)
-    requests = [parse_request(r) for r in ([device] if isinstance(device, str) else device)]
     readers = READERS[source.format]
     if devices is None:
         wanted = {r.backend for r in requests if r.backend} if all(r.backend for r in requests) else set(readers)
@@ -196,7 +198,8 @@ def load(
     if not selection.candidates:
         raise DeviceUnavailableError(
             f"no requested device can run this {source.format} model (asked for {', '.join(r.text for r in requests)})",
-            path=where, attempts=attempts,
+            path=where,
+            attempts=attempts,
         )
     options = {
         "num_threads": num_threads,
@@ -209,8 +212,9 @@ def load(
             session = get_backend(cand.device.backend).open_session(source, cand.device, **options)
         except (ModelLoadError, BackendUnavailableError) as exc:
             attempts.append(f"{cand.device.request}: {exc.reason}")
-            log.warning("edge_runtime: %s could not load %s: %s; trying the next device", cand.device.request,
-                        where, exc.reason)
+            log.warning(
+                "edge_runtime: %s could not load %s: %s; trying the next device", cand.device.request, where, exc.reason
+            )
             continue
         if attempts:
             log.info("edge_runtime: %s loaded on %s after: %s", where, session.device, "; ".join(attempts))

@@ -104,7 +104,9 @@ def _read_ir(p: Path, content: bytes) -> ModelSource:
     try:
         weights = bin_path.read_bytes()
     except FileNotFoundError:
-        raise ModelFileError(f"OpenVINO IR weights file {bin_path.name} is missing beside the .xml", path=str(p)) from None
+        raise ModelFileError(
+            f"OpenVINO IR weights file {bin_path.name} is missing beside the .xml", path=str(p)
+        ) from None
     except OSError as exc:
         raise ModelFileError(f"cannot read weights {bin_path}: {exc.strerror or exc}", path=str(p)) from exc
     return ModelSource(p, OPENVINO_IR, content, weights)

@@ -100,9 +100,10 @@ class TensorSpec:
 def quantize(x: npt.ArrayLike, spec: TensorSpec, out: npt.NDArray[Any] | None = None) -> npt.NDArray[Any]:
     """Quantize real values to ``spec``'s integer dtype: ``clip(round(x / scale) + zp)``.
 
-    Rounds half to even (NumPy ``rint``); TFLite's own quantizer rounds half away from
-    zero, so a value exactly halfway between two steps may land one step apart. Writes into ``out`` when given (it must have
-    ``spec``'s shape and dtype) and returns it; otherwise returns a new array.
+    Rounds half to even (NumPy ``rint``); TFLite's own quantizer rounds half away
+    from zero, so a value exactly halfway between two steps may land one step apart.
+    Writes into ``out`` when given (it must have ``spec``'s shape and dtype) and
+    returns it; otherwise returns a new array.
     """
     q = spec.quantization
     if q is None:
@@ -112,7 +113,8 @@ def quantize(x: npt.ArrayLike, spec: TensorSpec, out: npt.NDArray[Any] | None = 
     values = np.rint(np.asarray(x, dtype=np.float32) / scale) + zp
     np.clip(values, info.min, info.max, out=values)
     if out is None:
-        return values.astype(spec.dtype)
+        result: npt.NDArray[Any] = values.astype(spec.dtype)
+        return result
     np.copyto(out, values, casting="unsafe")
     return out
 
@@ -121,6 +123,7 @@ def dequantize(q_values: npt.NDArray[Any], spec: TensorSpec) -> npt.NDArray[np.f
     """Return ``scale * (q - zp)`` as a new float32 array (float tensors: a float32 copy)."""
     q = spec.quantization
     if q is None:
-        return np.asarray(q_values, dtype=np.float32).copy()
+        copy: npt.NDArray[np.float32] = np.array(q_values, dtype=np.float32)
+        return copy
     scale, zp = q._broadcast(q_values.ndim)
     return ((q_values.astype(np.float32) - zp) * scale).astype(np.float32, copy=False)

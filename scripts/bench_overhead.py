@@ -147,23 +147,32 @@ def main() -> int:
         row["openvino_raw_vs_min"] = round(med["openvino raw"] / med["openvino min"], 3)
         results.append(row)
 
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.processor()}".strip(),
-            "python": platform.python_version(), "threads": args.threads, "runs": args.runs,
-            "litert": er.backends.get_backend("litert").runtime_info(),
-            "openvino": er.backends.get_backend("openvino").runtime_info()["version"]}
+    meta = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {platform.processor()}".strip(),
+        "python": platform.python_version(),
+        "threads": args.threads,
+        "runs": args.runs,
+        "litert": er.backends.get_backend("litert").runtime_info(),
+        "openvino": er.backends.get_backend("openvino").runtime_info()["version"],
+    }
     if args.json:
         print(json.dumps({"meta": meta, "results": results, "all_targets_met": ok_all}, indent=2))
         return 0
     names = list(results[0]["p50_us"]) if results else []
-    print(f"median latency per call, us ({meta['date']}, {meta['machine']}, python {meta['python']}, "
-          f"threads={args.threads}, {args.runs} calls per variant in {args.rounds} interleaved rounds)\n")
+    print(
+        f"median latency per call, us ({meta['date']}, {meta['machine']}, python {meta['python']}, "
+        f"threads={args.threads}, {args.runs} calls per variant in {args.rounds} interleaved rounds)\n"
+    )
     print(f"{'model':32s} " + " ".join(f"{n:>14s}" for n in names))
     for r in results:
         print(f"{r['model']:32s} " + " ".join(f"{r['p50_us'][n]:14.1f}" for n in names))
     print()
     for r in results:
-        print(f"{r['model']:32s} litert raw vs bare: {r['litert_raw_vs_bare']:28s} "
-              f"openvino raw vs bare: {r['openvino_raw_vs_bare']}  (raw/min {r['openvino_raw_vs_min']})")
+        print(
+            f"{r['model']:32s} litert raw vs bare: {r['litert_raw_vs_bare']:28s} "
+            f"openvino raw vs bare: {r['openvino_raw_vs_bare']}  (raw/min {r['openvino_raw_vs_min']})"
+        )
     print(f"\nall targets met: {ok_all}")
     return 0
 

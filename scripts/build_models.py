@@ -52,9 +52,8 @@ from typing import TYPE_CHECKING, Any
 # across CPUs). Must be set before TensorFlow is imported (done lazily below).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-os.environ.setdefault("PYTHONHASHSEED", "0")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 if TYPE_CHECKING:
     import keras
@@ -64,9 +63,7 @@ DEFAULT_OUT_DIR = REPO_ROOT / "models"
 DEFAULT_FIXTURES_DIR = REPO_ROOT / "tests" / "data"
 DEFAULT_SEED = 20261121
 DEFAULT_DATE = "2026-11-21"
-BASE_REBUILD_COMMAND = (
-    "pip install -r scripts/requirements-train.txt && python scripts/build_models.py"
-)
+BASE_REBUILD_COMMAND = "pip install -r scripts/requirements-train.txt && python scripts/build_models.py"
 MAX_TEST_NPZ_BYTES = 300_000
 CUSTOM_OP_NAME = "EdgeRuntimeTestOnlyOp"
 CUSTOM_OP_FIXTURE = "custom_op.tflite"
@@ -118,9 +115,7 @@ def load_digits_dataset(seed: int) -> Dataset:
     images = digits.images.astype(np.float32)  # (1797, 8, 8), values 0..16
     x = (images / np.float32(16.0))[..., np.newaxis]  # NHWC, [0, 1]
     y = digits.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.25, stratify=y, random_state=seed
-    )
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, stratify=y, random_state=seed)
     data_file = Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
     return Dataset(
         x_train=np.ascontiguousarray(x_train, dtype=np.float32),
@@ -137,8 +132,7 @@ def load_digits_dataset(seed: int) -> Dataset:
             "dtype": "float32",
         },
         input_layout=(
-            "NHWC [batch=1, height=8, width=8, channels=1]: one 8x8 grayscale "
-            "image, row-major, raw pixel values 0..16"
+            "NHWC [batch=1, height=8, width=8, channels=1]: one 8x8 grayscale image, row-major, raw pixel values 0..16"
         ),
         data_source={
             "package": "scikit-learn",
@@ -149,12 +143,9 @@ def load_digits_dataset(seed: int) -> Dataset:
                 f"as bundled with scikit-learn {_version('scikit-learn')}"
             ),
             "files_sha256": {data_file.name: _sha256_file(data_file)},
-            "num_samples_total": int(len(y)),
+            "num_samples_total": len(y),
         },
-        split=(
-            "sklearn.model_selection.train_test_split(test_size=0.25, "
-            f"stratify=y, random_state={seed})"
-        ),
+        split=(f"sklearn.model_selection.train_test_split(test_size=0.25, stratify=y, random_state={seed})"),
     )
 
 
@@ -168,8 +159,7 @@ def load_basicmotions_dataset() -> Dataset:
         from aeon.datasets import load_basic_motions
     except ImportError as exc:  # pragma: no cover - reported to the user
         raise SystemExit(
-            "aeon is required for the BasicMotions model: "
-            "pip install -r scripts/requirements-train.txt"
+            "aeon is required for the BasicMotions model: pip install -r scripts/requirements-train.txt"
         ) from exc
 
     # Bundled data (aeon/datasets/data/BasicMotions/*.ts): no network access.
@@ -206,7 +196,7 @@ def load_basicmotions_dataset() -> Dataset:
             "channels": BASICMOTIONS_CHANNELS,
             "mean": [float(v) for v in mean],
             "std": [float(v) for v in std],
-            "statistics": "computed on the training split (population std, ddof=0)",
+            "statistics": "computed on the training split; population std (ddof=0)",
             "dtype": "float32",
         },
         input_layout=(
@@ -219,8 +209,7 @@ def load_basicmotions_dataset() -> Dataset:
             "package_version": _version("aeon"),
             "dataset": "BasicMotions (aeon.datasets.load_basic_motions)",
             "dataset_version": (
-                "UEA multivariate time series classification archive, as bundled "
-                f"with aeon {_version('aeon')}"
+                f"UEA multivariate time series classification archive, as bundled with aeon {_version('aeon')}"
             ),
             "files_sha256": {f: _sha256_file(data_dir / f) for f in files},
             "num_samples_total": int(len(y_train) + len(y_test)),
@@ -266,9 +255,7 @@ def build_digits_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Mo
     return keras.Model(inputs, outputs, name="digits_cnn")
 
 
-def build_basicmotions_cnn(
-    input_shape: tuple[int, ...], num_classes: int
-) -> keras.Model:
+def build_basicmotions_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     import keras
     from keras import layers
 
@@ -297,8 +284,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         batch_size=32,
         learning_rate=1e-3,
         architecture=(
-            "Conv2D(16,3x3)-Conv2D(32,3x3)-MaxPool(2)-Conv2D(32,3x3)-"
-            "Dense(64)-Dense(10)-Softmax, ReLU, 'same' padding"
+            "Conv2D(16,3x3)-Conv2D(32,3x3)-MaxPool(2)-Conv2D(32,3x3)-Dense(64)-Dense(10)-Softmax, ReLU, 'same' padding"
         ),
     ),
     "basicmotions_int8": ModelSpec(
@@ -358,13 +344,15 @@ def convert_to_int8(spec: ModelSpec, model: keras.Model, x_calib: FloatArray) ->
     """Full-integer quantization: int8 weights, activations, input and output."""
     import tensorflow as tf
 
-    input_shape = (1, *x_calib.shape[1:])
+    # Batch dimension left dynamic (shape_signature [-1, ...]); the tensor's
+    # shape is batch 1, as with TFLiteConverter.from_keras_model.
+    input_shape = (None, *x_calib.shape[1:])
 
     def representative_dataset() -> Iterator[list[FloatArray]]:
         for i in range(len(x_calib)):
             yield [x_calib[i : i + 1]]
 
-    # Export with a static batch-1 signature (frozen weights), then convert.
+    # Export a SavedModel (frozen weights, named input), then convert it.
     with tempfile.TemporaryDirectory(prefix=f"{spec.name}_") as tmp:
         saved_model = Path(tmp) / "saved_model"
         model.export(
@@ -396,7 +384,7 @@ def make_interpreter(model_content: bytes) -> tuple[Any, str]:
     except ImportError:
         import tensorflow as tf
 
-        Interpreter = tf.lite.Interpreter  # noqa: N806
+        Interpreter = tf.lite.Interpreter
         backend = f"tensorflow.lite {tf.__version__}"
     interpreter = Interpreter(model_content=model_content, num_threads=1)
     interpreter.allocate_tensors()
@@ -404,8 +392,10 @@ def make_interpreter(model_content: bytes) -> tuple[Any, str]:
 
 
 def quantize_input(x: FloatArray, scale: float, zero_point: int) -> np.ndarray:
-    q = np.round(x / np.float32(scale)) + zero_point
-    return np.clip(q, -128, 127).astype(np.int8)
+    """clip(rint(x / scale) + zero_point) in float32, half to even (as edge_runtime)."""
+    q = np.rint(np.asarray(x, dtype=np.float32) / np.float32(scale)) + np.float32(zero_point)
+    q_int8: np.ndarray = np.clip(q, -128, 127).astype(np.int8)
+    return q_int8
 
 
 @dataclass
@@ -417,9 +407,7 @@ class LiteRTEval:
     median_invoke_us: float
 
 
-def evaluate_tflite(
-    model_content: bytes, x: FloatArray, y: IntArray, bench_runs: int
-) -> LiteRTEval:
+def evaluate_tflite(model_content: bytes, x: FloatArray, y: IntArray, bench_runs: int) -> LiteRTEval:
     interpreter, backend = make_interpreter(model_content)
     (inp,) = interpreter.get_input_details()
     (out,) = interpreter.get_output_details()
@@ -482,7 +470,9 @@ def save_npz_deterministic(path: Path, **arrays: np.ndarray) -> None:
             info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
             info.compress_type = zipfile.ZIP_DEFLATED
             npy = io.BytesIO()
-            np.lib.format.write_array(npy, np.ascontiguousarray(array), allow_pickle=False)
+            np.lib.format.write_array(  # type: ignore[no-untyped-call]
+                npy, np.ascontiguousarray(array), allow_pickle=False
+            )
             zf.writestr(info, npy.getvalue())
     path.write_bytes(buffer.getvalue())
 
@@ -515,8 +505,7 @@ def build_one(spec: ModelSpec, out_dir: Path, seed: int, bench_runs: int) -> Bui
     print(f"[{spec.name}] loading data ...", flush=True)
     data = spec.load(seed)
     print(
-        f"[{spec.name}] train {data.x_train.shape} / test {data.x_test.shape}, "
-        f"{len(data.labels)} classes",
+        f"[{spec.name}] train {data.x_train.shape} / test {data.x_test.shape}, {len(data.labels)} classes",
         flush=True,
     )
 
@@ -525,8 +514,7 @@ def build_one(spec: ModelSpec, out_dir: Path, seed: int, bench_runs: int) -> Bui
     acc_float = float_accuracy(model, data.x_test, data.y_test)
     macs = count_macs(model)
     print(
-        f"[{spec.name}] float test accuracy {acc_float:.4f}, "
-        f"{model.count_params()} parameters, {macs} MACs",
+        f"[{spec.name}] float test accuracy {acc_float:.4f}, {model.count_params()} parameters, {macs} MACs",
         flush=True,
     )
 
@@ -563,10 +551,11 @@ def build_one(spec: ModelSpec, out_dir: Path, seed: int, bench_runs: int) -> Bui
         "input": {
             "name": ev.input_details["name"],
             "shape": [int(d) for d in ev.input_details["shape"]],
+            "shape_signature": [int(d) for d in ev.input_details["shape_signature"]],
             "dtype": "int8",
             "layout": data.input_layout,
             "quantization": _quant_dict(ev.input_details),
-            "quantize": "q = clip(round(x / scale) + zero_point, -128, 127)",
+            "quantize": "q = clip(rint(x / scale) + zero_point, -128, 127), float32, half to even",
         },
         "output": {
             "name": ev.output_details["name"],
@@ -577,13 +566,14 @@ def build_one(spec: ModelSpec, out_dir: Path, seed: int, bench_runs: int) -> Bui
             "dequantize": "p = (q - zero_point) * scale",
         },
         "preprocessing": data.preprocessing,
-        "accuracy": {
-            "float_test": round(acc_float, 6),
-            "int8_test": round(ev.accuracy, 6),
-            "int8_evaluated_with": ev.backend,
-        },
-        "num_train_samples": int(len(data.y_train)),
-        "num_test_samples": int(len(data.y_test)),
+        "float_accuracy": round(acc_float, 6),
+        "int8_accuracy": round(ev.accuracy, 6),
+        "accuracy_note": (
+            "fraction of the held-out split classified correctly; float = Keras model, "
+            f"int8 = this .tflite run with {ev.backend} (one sample per invoke)"
+        ),
+        "num_train_samples": len(data.y_train),
+        "num_test_samples": len(data.y_test),
         "test_split": data.split,
         "test_data": test_npz_name,
         "data_source": data.data_source,
@@ -626,9 +616,7 @@ def make_custom_op_model(model_content: bytes, custom_code: str = CUSTOM_OP_NAME
     from tensorflow.lite.python import schema_py_generated as schema_fb
 
     model = schema_fb.ModelT.InitFromPackedBuf(bytearray(model_content), 0)
-    builtin_names = {
-        v: k for k, v in vars(schema_fb.BuiltinOperator).items() if not k.startswith("_")
-    }
+    builtin_names = {v: k for k, v in vars(schema_fb.BuiltinOperator).items() if not k.startswith("_")}
     usage: dict[int, int] = {}
     order: list[int] = []
     for subgraph in model.subgraphs:
@@ -681,7 +669,7 @@ def check_custom_op_fixture(content: bytes) -> None:
     except ImportError:
         import tensorflow as tf
 
-        Interpreter = tf.lite.Interpreter  # noqa: N806
+        Interpreter = tf.lite.Interpreter
     try:
         interpreter = Interpreter(model_content=content)
         interpreter.allocate_tensors()
@@ -706,8 +694,8 @@ def print_summary(results: list[BuildResult]) -> None:
         [
             r.name,
             f"{r.sidecar['num_train_samples']}/{r.sidecar['num_test_samples']}",
-            f"{r.sidecar['accuracy']['float_test']:.4f}",
-            f"{r.sidecar['accuracy']['int8_test']:.4f}",
+            f"{r.sidecar['float_accuracy']:.4f}",
+            f"{r.sidecar['int8_accuracy']:.4f}",
             str(r.sidecar["size_bytes"]),
             str(r.macs),
             f"{r.median_invoke_us:.1f}",
@@ -768,7 +756,7 @@ def write_readme(out_dir: Path, date: str) -> Path:
         )
         lines.append(
             f"| `{s['file']}` | {data} | {inp_txt} | {out_txt} | "
-            f"{_pct(s['accuracy']['float_test'])} | {_pct(s['accuracy']['int8_test'])} | "
+            f"{_pct(s['float_accuracy'])} | {_pct(s['int8_accuracy'])} | "
             f"{s['size_bytes']} | `{s['rebuild_command']}` |"
         )
     lines += ["", "## Inputs and preprocessing", ""]
@@ -823,9 +811,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="where models go")
-    parser.add_argument(
-        "--fixtures-dir", type=Path, default=DEFAULT_FIXTURES_DIR, help="where test fixtures go"
-    )
+    parser.add_argument("--fixtures-dir", type=Path, default=DEFAULT_FIXTURES_DIR, help="where test fixtures go")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for split, init, training")
     parser.add_argument(
         "--models",
@@ -841,12 +827,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="only (re)write the custom-op fixture from the existing digits model",
     )
     mode.add_argument("--no-fixtures", action="store_true", help="do not write test fixtures")
-    parser.add_argument(
-        "--bench-runs", type=int, default=1000, help="LiteRT invokes timed per model (median)"
-    )
-    parser.add_argument(
-        "--date", type=_iso_date, default=DEFAULT_DATE, help="build date written to README.md"
-    )
+    parser.add_argument("--bench-runs", type=int, default=1000, help="LiteRT invokes timed per model (median)")
+    parser.add_argument("--date", type=_iso_date, default=DEFAULT_DATE, help="build date written to README.md")
     return parser.parse_args(argv)
 
 
@@ -860,10 +842,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     selected = [key for key in MODEL_KEYS if key in args.models]
-    results = [
-        build_one(MODEL_SPECS[MODEL_KEYS[key]], out_dir, args.seed, args.bench_runs)
-        for key in selected
-    ]
+    results = [build_one(MODEL_SPECS[MODEL_KEYS[key]], out_dir, args.seed, args.bench_runs) for key in selected]
     readme = write_readme(out_dir, args.date)
     fixture = None
     if not args.no_fixtures and "digits" in args.models:

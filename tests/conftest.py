@@ -10,6 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+try:  # Imported here, at a shallow stack: CPython 3.11.7 fails to compile hypothesis's modules
+    import hypothesis  # noqa: F401  # when its pytest plugin first imports them deep in the summary hook.
+except ImportError:
+    pass
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 DATA = Path(__file__).resolve().parent / "data"
@@ -25,8 +30,10 @@ def backend_available(name: str) -> bool:
     return unavailable_reason(name) is None
 
 
-BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(not backend_available(b), reason=f"{b} not installed"))
-            for b in ("litert", "openvino")]
+BACKENDS = [
+    pytest.param(b, marks=pytest.mark.skipif(not backend_available(b), reason=f"{b} not installed"))
+    for b in ("litert", "openvino")
+]
 
 
 def sidecar(model: Path) -> dict[str, Any]:
@@ -87,8 +94,11 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarr
         numpy_helper.from_array(np.array(-5, np.int8), "yz"),
     ]
     graph = helper.make_graph(
-        nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.INT8, ["N", 4])],
-        [helper.make_tensor_value_info("q", TensorProto.INT8, ["N", 3])], inits,
+        nodes,
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.INT8, ["N", 4])],
+        [helper.make_tensor_value_info("q", TensorProto.INT8, ["N", 3])],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8

@@ -48,8 +48,14 @@ def reasons(sel: er.Selection) -> dict[str, str]:
         ("litert:gpu", "litert", None, "gpu", (), ()),
         ("litert:vx", "litert", None, "vx", (), ()),
         ("litert:delegate=/opt/x/libd.so", "litert", None, "delegate", (("library", "/opt/x/libd.so"),), ()),
-        ("litert:delegate=/l.so;cache=/tmp;n=2", "litert", None, "delegate",
-         (("library", "/l.so"), ("cache", "/tmp"), ("n", "2")), ()),
+        (
+            "litert:delegate=/l.so;cache=/tmp;n=2",
+            "litert",
+            None,
+            "delegate",
+            (("library", "/l.so"), ("cache", "/tmp"), ("n", "2")),
+            (),
+        ),
         ("openvino:CPU", "openvino", None, "CPU", (), ()),
         ("openvino:npu", "openvino", None, "NPU", (), ()),
         ("openvino:GPU.1", "openvino", None, "GPU.1", (), ()),
@@ -58,8 +64,14 @@ def reasons(sel: er.Selection) -> dict[str, str]:
         ("openvino:AUTO", "openvino", None, "AUTO", (), ()),
     ],
 )
-def test_parse_request(text: str, backend: str | None, kind: str | None, target: str | None,
-                       options: tuple[tuple[str, str], ...], members: tuple[str, ...]) -> None:
+def test_parse_request(
+    text: str,
+    backend: str | None,
+    kind: str | None,
+    target: str | None,
+    options: tuple[tuple[str, str], ...],
+    members: tuple[str, ...],
+) -> None:
     r = parse_request(text)
     assert (r.backend, r.kind, r.target, r.options, r.members) == (backend, kind, target, options, members)
 
@@ -101,8 +113,11 @@ def test_bad_request_fails_before_touching_the_model(digits_model: object) -> No
         (X86_NPU_BOX, "ir", ["openvino:NPU", "openvino:GPU.0", "openvino:CPU"]),
         (CORAL_PI, "tflite", ["litert:edgetpu", "litert:cpu"]),
         ([CPU_LITERT, VX, CPU_OV], "tflite", ["litert:vx", "litert:cpu", "openvino:CPU"]),
-        ([CPU_OV, GPU1_OV, GPU0_OV, CPU_LITERT], "tflite", ["openvino:GPU.1", "openvino:GPU.0", "litert:cpu",
-                                                             "openvino:CPU"]),
+        (
+            [CPU_OV, GPU1_OV, GPU0_OV, CPU_LITERT],
+            "tflite",
+            ["openvino:GPU.1", "openvino:GPU.0", "litert:cpu", "openvino:CPU"],
+        ),
         ([CPU_LITERT, CPU_OV, FPGA_OV], "tflite", ["litert:cpu", "openvino:CPU"]),
     ],
 )
@@ -143,14 +158,18 @@ def test_ir_passes_over_litert_devices_with_reason() -> None:
         ("openvino:FPGA", [CPU_OV, FPGA_OV], ["openvino:FPGA"], {}),
         # a named device lacking INT8 is still tried: the person asked for it
         ("openvino:GPU.0", [CPU_OV, GPU_FP_ONLY], ["openvino:GPU.0"], {}),
-        (["openvino:NPU", "litert:edgetpu", "cpu"], [CPU_LITERT, EDGETPU_MISSING, CPU_OV],
-         ["litert:cpu", "openvino:CPU"],
-         {"openvino:NPU": "not found (openvino found: CPU)", "litert:edgetpu": "libedgetpu.so.1 not found"}),
+        (
+            ["openvino:NPU", "litert:edgetpu", "cpu"],
+            [CPU_LITERT, EDGETPU_MISSING, CPU_OV],
+            ["litert:cpu", "openvino:CPU"],
+            {"openvino:NPU": "not found (openvino found: CPU)", "litert:edgetpu": "libedgetpu.so.1 not found"},
+        ),
         (["litert:cpu", "cpu", "auto"], [CPU_LITERT, CPU_OV], ["litert:cpu", "openvino:CPU"], {}),
     ],
 )
-def test_named_requests(requests: str | list[str], table: list[Device], expected: list[str],
-                        left_out: dict[str, str]) -> None:
+def test_named_requests(
+    requests: str | list[str], table: list[Device], expected: list[str], left_out: dict[str, str]
+) -> None:
     sel = select(requests, table, "tflite")
     assert order(sel) == expected
     assert reasons(sel) == left_out
@@ -167,7 +186,8 @@ def test_openvino_virtual_devices() -> None:
 
     sel = select("openvino:HETERO:FPGA,CPU", [CPU_OV], "tflite")
     assert order(sel) == [] and reasons(sel) == {
-        "openvino:HETERO:FPGA,CPU": "HETERO needs every listed device; missing: FPGA"}
+        "openvino:HETERO:FPGA,CPU": "HETERO needs every listed device; missing: FPGA"
+    }
 
     sel = select("openvino:HETERO:FPGA,CPU", [CPU_OV, FPGA_OV], "ir")
     assert order(sel) == ["openvino:HETERO:FPGA,CPU"] and sel.candidates[0].device.kind == "fpga"

@@ -7,22 +7,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import edge_runtime as er
 from conftest import backend_available
 
-needs_both = pytest.mark.skipif(not (backend_available("litert") and backend_available("openvino")),
-                                reason="needs both backends")
+import edge_runtime as er
+
+needs_both = pytest.mark.skipif(
+    not (backend_available("litert") and backend_available("openvino")), reason="needs both backends"
+)
 
 
-def test_missing_delegate_falls_back_to_cpu_with_reason(digits_model: Path,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_delegate_falls_back_to_cpu_with_reason(digits_model: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="edge_runtime"):
         model = er.load(digits_model, ["litert:delegate=/nonexistent/libnpu.so", "litert:cpu"])
     with model:
         assert model.device == "litert:cpu"
-        assert model.attempts == ("litert:delegate=/nonexistent/libnpu.so: delegate library "
-                                  "/nonexistent/libnpu.so not found",)
+        assert model.attempts == (
+            "litert:delegate=/nonexistent/libnpu.so: delegate library /nonexistent/libnpu.so not found",
+        )
         assert "trying the next device" in caplog.text
         assert model.infer_raw(np.zeros(model.inputs[0].shape, np.int8))[0].shape == model.outputs[0].shape
 
@@ -32,14 +33,27 @@ def test_a_library_that_is_not_a_delegate_does_not_crash(digits_model: Path, tmp
     import ctypes.util
 
     libm = ctypes.util.find_library("m")
-    lib = next((p for p in (f"/lib/x86_64-linux-gnu/{libm}", f"/usr/lib/x86_64-linux-gnu/{libm}",
-                            f"/lib/aarch64-linux-gnu/{libm}", f"/usr/lib/aarch64-linux-gnu/{libm}")
-                if libm and Path(p).is_file()), None)
+    lib = next(
+        (
+            p
+            for p in (
+                f"/lib/x86_64-linux-gnu/{libm}",
+                f"/usr/lib/x86_64-linux-gnu/{libm}",
+                f"/lib/aarch64-linux-gnu/{libm}",
+                f"/usr/lib/aarch64-linux-gnu/{libm}",
+            )
+            if libm and Path(p).is_file()
+        ),
+        None,
+    )
     if lib is None:
         pytest.skip("no libm path found")
     with er.load(digits_model, [f"litert:delegate={lib}", "litert:cpu"]) as model:
         assert model.device == "litert:cpu"
-        assert model.attempts[0].startswith(f"litert:delegate={lib}: delegate {lib} failed to load")
+        assert model.attempts[0] == (
+            f"litert:delegate={lib}: delegate {lib} failed to load: not a TFLite external "
+            "delegate (missing tflite_plugin_create_delegate, tflite_plugin_destroy_delegate)"
+        )
 
 
 def test_nothing_usable_raises_device_unavailable(digits_model: Path) -> None:
@@ -59,8 +73,9 @@ def test_broken_openvino_plugin_falls_back(digits_model: Path, tmp_path: Path) -
     found = er.devices(openvino_plugins={"FAKEFPGA": str(fake)})
     entry = next(d for d in found if d.backend == "openvino" and d.name == "FAKEFPGA")
     assert not entry.available and entry.reason, entry
-    with er.load(digits_model, ["openvino:FAKEFPGA", "openvino:CPU"],
-                 openvino_plugins={"FAKEFPGA": str(fake)}) as model:
+    with er.load(
+        digits_model, ["openvino:FAKEFPGA", "openvino:CPU"], openvino_plugins={"FAKEFPGA": str(fake)}
+    ) as model:
         assert model.device == "openvino:CPU"
         assert model.attempts[0].startswith("openvino:FAKEFPGA: ")
 

@@ -81,7 +81,7 @@ def _import_runtime() -> Runtime:
             tried.append(f"{module_name}: {type(exc).__name__}: {exc}")
             continue
         version = _version(dist)
-        interp = getattr(module, "Interpreter")
+        interp = module.Interpreter
         load_delegate = getattr(module, "load_delegate", None)
         if load_delegate is None:  # tensorflow.lite keeps it under experimental
             load_delegate = getattr(getattr(module, "experimental", None), "load_delegate", None)
@@ -135,8 +135,7 @@ def probe_devices() -> list[Device]:
         NAME,
         "cpu",
         "cpu",
-        f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, XNNPACK "
-        f"({rt.module} {rt.version})",
+        f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, XNNPACK ({rt.module} {rt.version})",
         int8=True,
     )
     found = [cpu]
@@ -146,8 +145,15 @@ def probe_devices() -> list[Device]:
             found.append(Device(NAME, name, kind, full, int8=True, available=False, reason=f"{lib} not found: {hint}"))
         else:
             found.append(
-                Device(NAME, name, kind, f"{full} ({path})", int8=True, options=(("library", path),),
-                       reason="library found; the device itself is checked when a model loads")
+                Device(
+                    NAME,
+                    name,
+                    kind,
+                    f"{full} ({path})",
+                    int8=True,
+                    options=(("library", path),),
+                    reason="library found; the device itself is checked when a model loads",
+                )
             )
     return found
 
@@ -173,15 +179,37 @@ def _delegate_for(device: Device, rt: Runtime, where: str) -> Any | None:
         kind = device.name.split(":")[0]
         library = DELEGATES.get(kind, ("", "", kind, ""))[2]
     if rt.load_delegate is None:
-        raise ModelLoadError(f"{rt.module} cannot load external delegates", path=where, backend=NAME, device=device.request)
-    if find_library(library) is None:  # checked here: a failed load_delegate also warns from its __del__
+        raise ModelLoadError(
+            f"{rt.module} cannot load external delegates", path=where, backend=NAME, device=device.request
+        )
+    # Checked before load_delegate: when it fails, LiteRT's Delegate.__del__ raises again
+    # (an "Exception ignored" traceback) on top of the real error.
+    if find_library(library) is None:
         raise ModelLoadError(f"delegate library {library} not found", path=where, backend=NAME, device=device.request)
+    missing = _missing_delegate_symbols(library)
+    if missing:
+        raise ModelLoadError(
+            f"delegate {library} failed to load: {missing}", path=where, backend=NAME, device=device.request
+        )
     try:
         return rt.load_delegate(library, options)
-    except (ValueError, OSError, RuntimeError) as exc:
+    except Exception as exc:
         raise ModelLoadError(
-            f"delegate {library} failed to load: {exc}", path=where, backend=NAME, device=device.request
+            f"delegate {library} failed to load: {type(exc).__name__}: {exc}",
+            path=where,
+            backend=NAME,
+            device=device.request,
         ) from exc
+
+
+def _missing_delegate_symbols(library: str) -> str:
+    """Why ``library`` is not a TFLite external delegate ("" when it has the entry points)."""
+    try:
+        lib = ctypes.CDLL(library)
+    except OSError as exc:
+        return f"cannot open the library: {exc}"
+    absent = [s for s in ("tflite_plugin_create_delegate", "tflite_plugin_destroy_delegate") if not hasattr(lib, s)]
+    return f"not a TFLite external delegate (missing {', '.join(absent)})" if absent else ""
 
 
 class LiteRTSession(Session):
@@ -203,7 +231,10 @@ class LiteRTSession(Session):
             self._interp = rt.interpreter(**kwargs)
         except ValueError as exc:
             raise ModelLoadError(
-                f"the TFLite flatbuffer verifier rejected the model: {exc}", path=where, backend=NAME, device=self.device
+                f"the TFLite flatbuffer verifier rejected the model: {exc}",
+                path=where,
+                backend=NAME,
+                device=self.device,
             ) from exc
         try:
             self._interp.allocate_tensors()

@@ -39,7 +39,7 @@ def _ov() -> Any:
         raise BackendUnavailableError(_import_error, backend=NAME)
     try:
         import openvino
-    except Exception as exc:  # noqa: BLE001 - any import failure makes the backend unavailable
+    except Exception as exc:
         _import_error = f"cannot import openvino: {type(exc).__name__}: {exc}"
         raise BackendUnavailableError(_import_error, backend=NAME) from exc
     return openvino
@@ -85,8 +85,14 @@ def core(plugins: dict[str, str] | None = None) -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
-    return lines[0] if lines else type(exc).__name__
+    """OpenVINO's message without its source-location lines, on one line (at most 400 characters)."""
+    lines = [
+        ln.strip()
+        for ln in str(exc).splitlines()
+        if ln.strip() and not ln.startswith("Exception from") and not (ln.startswith("Check '") and "failed at" in ln)
+    ]
+    text = " ".join(lines) or type(exc).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 def probe_devices(plugins: dict[str, str] | None = None) -> list[Device]:
@@ -143,8 +149,26 @@ def _single(values: npt.NDArray[np.float64]) -> float | None:
     return float(values[0]) if values.size and np.all(values == values[0]) else None
 
 
+def _fake_quantize_ranges(node: Any) -> tuple[float, float, float, float] | None:
+    """(in_lo, in_hi, out_lo, out_hi) of a per-tensor FakeQuantize; None if not constant or per-channel."""
+    values = []
+    for port in node.inputs()[1:5]:
+        const = _const(port.get_source_output().get_node())
+        single = None if const is None else _single(const)
+        if single is None:
+            return None
+        values.append(single)
+    in_lo, in_hi, out_lo, out_hi = values
+    return (in_lo, in_hi, out_lo, out_hi) if in_hi != in_lo and out_hi != out_lo else None
+
+
 def _input_quantization(param: Any) -> Quantization | None:
-    """Recover (scale, zero point) from the dequantize step after an integer input."""
+    """Recover (scale, zero point) from the dequantize step after an integer input.
+
+    Patterns: TFLite/IR ``FakeQuantize`` (integer range -> real range) and ONNX
+    ``DequantizeLinear`` (``Subtract zp`` then ``Multiply scale``), possibly behind
+    layout ops. Per-channel input quantization is not recovered (returns None).
+    """
     node = param
     for _ in range(8):
         consumers = [t.get_node() for o in node.outputs() for t in o.get_target_inputs()]
@@ -154,44 +178,44 @@ def _input_quantization(param: Any) -> Quantization | None:
         kind = node.get_type_name()
         if kind in _PASS_THROUGH:
             continue
-        args = [_const(i.get_source_output().get_node()) for i in node.inputs()]
-        if kind == "FakeQuantize" and all(a is not None for a in args[1:5]):
-            in_lo, in_hi, out_lo, out_hi = (_single(a) for a in args[1:5] if a is not None)
-            if None in (in_lo, in_hi, out_lo, out_hi) or in_hi == in_lo:  # type: ignore[operator]
+        if kind == "FakeQuantize":
+            ranges = _fake_quantize_ranges(node)
+            if ranges is None:
                 return None
-            scale = (out_hi - out_lo) / (in_hi - in_lo)  # type: ignore[operator]
-            return Quantization((scale,), (int(round(in_lo - out_lo / scale)),))  # type: ignore[operator]
-        if kind == "Subtract" and args[1] is not None and (zp := _single(args[1])) is not None:
+            in_lo, in_hi, out_lo, out_hi = ranges
+            scale = (out_hi - out_lo) / (in_hi - in_lo)
+            return Quantization((scale,), (round(in_lo - out_lo / scale),))
+        operand = _const(node.input(1).get_source_output().get_node()) if len(node.inputs()) > 1 else None
+        value = None if operand is None else _single(operand)
+        if value is None:
+            return None
+        if kind == "Multiply":
+            return Quantization((value,), (0,))
+        if kind == "Subtract":
             nxt = [t.get_node() for o in node.outputs() for t in o.get_target_inputs()]
             if len(nxt) == 1 and nxt[0].get_type_name() == "Multiply":
                 s = _const(nxt[0].input(1).get_source_output().get_node())
-                if s is not None and (scale := _single(s)) is not None:
-                    return Quantization((scale,), (int(round(zp)),))
-            return None
-        if kind == "Multiply" and args[1] is not None and (scale := _single(args[1])) is not None:
-            return Quantization((scale,), (0,))
+                dq_scale = None if s is None else _single(s)
+                if dq_scale is not None:
+                    return Quantization((dq_scale,), (round(value),))
         return None
     return None
 
 
 def _output_quantization(result: Any) -> Quantization | None:
-    """Recover (scale, zero point) from the quantize step before an integer output."""
+    """Recover (scale, zero point) from the ``FakeQuantize`` (real -> integer) before an integer output."""
     node = result
     for _ in range(8):
         node = node.input(0).get_source_output().get_node()
         kind = node.get_type_name()
         if kind in _PASS_THROUGH:
             continue
-        if kind != "FakeQuantize":
+        ranges = _fake_quantize_ranges(node) if kind == "FakeQuantize" else None
+        if ranges is None:
             return None
-        args = [_const(i.get_source_output().get_node()) for i in node.inputs()]
-        if any(a is None for a in args[1:5]):
-            return None
-        in_lo, in_hi, out_lo, out_hi = (_single(a) for a in args[1:5] if a is not None)
-        if None in (in_lo, in_hi, out_lo, out_hi) or out_hi == out_lo:  # type: ignore[operator]
-            return None
-        scale = (in_hi - in_lo) / (out_hi - out_lo)  # type: ignore[operator]
-        return Quantization((scale,), (int(round(out_lo - in_lo / scale)),))  # type: ignore[operator]
+        in_lo, in_hi, out_lo, out_hi = ranges
+        scale = (in_hi - in_lo) / (out_hi - out_lo)
+        return Quantization((scale,), (round(out_lo - in_lo / scale),))
     return None
 
 
@@ -214,7 +238,9 @@ def _make_static(model: Any, where: str, device: str) -> None:
             raise ModelLoadError(
                 f"input {_port_name(port, '?')} has dynamic dimensions other than the batch ({ps}); "
                 "only a dynamic batch is reshaped (to 1)",
-                path=where, backend=NAME, device=device,
+                path=where,
+                backend=NAME,
+                device=device,
             )
         new_shapes[port] = ov.PartialShape([1] + [d.get_length() for d in dims[1:]])
     if new_shapes:
@@ -244,8 +270,9 @@ class OpenVINOSession(Session):
         try:
             model = _read(source)
         except RuntimeError as exc:
-            raise ModelLoadError(f"OpenVINO cannot read the model: {_first_line(exc)}", path=where, backend=NAME,
-                                 device=self.device) from exc
+            raise ModelLoadError(
+                f"OpenVINO cannot read the model: {_first_line(exc)}", path=where, backend=NAME, device=self.device
+            ) from exc
         _make_static(model, where, self.device)
         in_q = [_input_quantization(p) for p in model.get_parameters()]
         out_q = [_output_quantization(r) for r in model.get_results()]
@@ -264,8 +291,9 @@ class OpenVINOSession(Session):
         try:
             self._compiled = c.compile_model(model, target, props)
         except RuntimeError as exc:
-            raise ModelLoadError(f"compile failed on {target}: {_first_line(exc)}", path=where, backend=NAME,
-                                 device=self.device) from exc
+            raise ModelLoadError(
+                f"compile failed on {target}: {_first_line(exc)}", path=where, backend=NAME, device=self.device
+            ) from exc
         try:
             self.execution_devices = tuple(str(d) for d in self._compiled.get_property("EXECUTION_DEVICES"))
         except RuntimeError:
@@ -287,18 +315,32 @@ class OpenVINOSession(Session):
         try:
             supported = c.query_model(model, target)
         except RuntimeError as exc:
-            raise ModelLoadError(f"cannot query {target} for op support: {_first_line(exc)}", path=self._where,
-                                 backend=NAME, device=self.device) from exc
+            raise ModelLoadError(
+                f"cannot query {target} for op support: {_first_line(exc)}",
+                path=self._where,
+                backend=NAME,
+                device=self.device,
+            ) from exc
         skip = {"Parameter", "Result", "Constant"}
-        missing = sorted({op.get_type_name() for op in model.get_ordered_ops()
-                          if op.get_type_name() not in skip and op.get_friendly_name() not in supported})
+        missing = sorted(
+            {
+                op.get_type_name()
+                for op in model.get_ordered_ops()
+                if op.get_type_name() not in skip and op.get_friendly_name() not in supported
+            }
+        )
         if missing:
-            raise ModelLoadError(f"ops not supported on {target}: {', '.join(missing)}", path=self._where,
-                                 backend=NAME, device=self.device)
+            raise ModelLoadError(
+                f"ops not supported on {target}: {', '.join(missing)}",
+                path=self._where,
+                backend=NAME,
+                device=self.device,
+            )
 
     def input_buffer(self, index: int) -> npt.NDArray[Any]:
         """The request's input memory: write into it, then call ``run_prepared``."""
-        return self._in_views[index]
+        view: npt.NDArray[Any] = self._in_views[index]
+        return view
 
     def run(self, arrays: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
         for view, arr in zip(self._in_views, arrays):
@@ -312,8 +354,9 @@ class OpenVINOSession(Session):
         try:
             request.infer()
         except RuntimeError as exc:
-            raise InferenceError(f"infer failed: {_first_line(exc)}", path=self._where, backend=NAME,
-                                 device=self.device) from exc
+            raise InferenceError(
+                f"infer failed: {_first_line(exc)}", path=self._where, backend=NAME, device=self.device
+            ) from exc
         return [request.get_output_tensor(i).data.copy() for i in range(self._n_out)]
 
     def close(self) -> None:
@@ -334,7 +377,11 @@ def open_session(
 ) -> Session:
     """Read, reshape, compile ``source`` on ``device``; raise ``ModelLoadError`` on failure."""
     return OpenVINOSession(
-        source, device, num_threads=num_threads, performance_hint=performance_hint, cache_dir=cache_dir,
+        source,
+        device,
+        num_threads=num_threads,
+        performance_hint=performance_hint,
+        cache_dir=cache_dir,
         config=openvino_config,
     )
 
