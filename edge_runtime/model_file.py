@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelFileError
+from .tflite_check import check_tflite
 
 TFLITE = "tflite"
 OPENVINO_IR = "ir"
@@ -94,6 +95,7 @@ def _check_tflite(where: str, content: bytes) -> None:
             f"truncated TFLite model: root table offset {root} lies beyond the {len(content)}-byte file",
             path=where,
         )
+    check_tflite(content, where)
 
 
 def _read_ir(p: Path, content: bytes) -> ModelSource:
