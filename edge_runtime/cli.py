@@ -15,14 +15,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from . import __version__
 from .backends import REGISTRY, get_backend
 from .bench import measure
 from .devices import devices as find_devices
 from .errors import EdgeRuntimeError
 from .model import Model, load
+from .tensors import random_tensor
 
 DEVICE_HELP = (
     "device request, repeatable (tried in order): auto, cpu, gpu, npu, tpu, fpga, litert:cpu, "
@@ -121,24 +120,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _random_inputs(model: Model, seed: int) -> list[np.ndarray[Any, Any]]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for s in model.inputs:
-        if np.issubdtype(s.dtype, np.integer):
-            info = np.iinfo(s.dtype)
-            out.append(rng.integers(info.min, info.max, size=s.shape, endpoint=True).astype(s.dtype))
-        else:
-            out.append(rng.standard_normal(s.shape).astype(s.dtype))
-    return out
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.runs < 1 or args.warmup < 0:
         print("edge-runtime: error: --runs must be >= 1 and --warmup >= 0", file=sys.stderr)
         return 2
     with _load(args) as model:
-        inputs = _random_inputs(model, args.seed)
+        inputs = [random_tensor(spec, args.seed) for spec in model.inputs]
         x: Any = inputs[0] if len(inputs) == 1 else inputs
 
         def progress(done: int, total: int) -> None:

@@ -127,3 +127,15 @@ def dequantize(q_values: npt.NDArray[Any], spec: TensorSpec) -> npt.NDArray[np.f
         return copy
     scale, zp = q._broadcast(q_values.ndim)
     return ((q_values.astype(np.float32) - zp) * scale).astype(np.float32, copy=False)
+
+
+def random_tensor(spec: TensorSpec, seed: int = 0) -> npt.NDArray[Any]:
+    """A new array of ``spec``'s shape and dtype: uniform over the full integer range, or
+    standard normal for float tensors. Deterministic for a given ``seed`` (benchmarks, tests)."""
+    rng = np.random.default_rng(seed)
+    if np.issubdtype(spec.dtype, np.integer):
+        info = np.iinfo(spec.dtype)
+        ints: npt.NDArray[Any] = rng.integers(info.min, info.max, size=spec.shape, endpoint=True).astype(spec.dtype)
+        return ints
+    floats: npt.NDArray[Any] = rng.standard_normal(spec.shape).astype(spec.dtype)
+    return floats

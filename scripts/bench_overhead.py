@@ -53,9 +53,7 @@ def variants(path: Path, threads: int) -> tuple[dict[str, Callable[[], object]],
     lm = er.load(path, "litert:cpu", num_threads=threads)
     om = er.load(path, "openvino:CPU", num_threads=threads)
     spec = lm.inputs[0]
-    rng = np.random.default_rng(0)
-    info = np.iinfo(spec.dtype)
-    xq = rng.integers(info.min, info.max, size=spec.shape, endpoint=True).astype(spec.dtype)
+    xq = er.tensors.random_tensor(spec, 0)
     xf = er.dequantize(xq, spec)
 
     interp = _import_runtime().interpreter(model_path=str(path), num_threads=threads)

@@ -55,11 +55,9 @@ def mlperf(request: pytest.FixtureRequest) -> Path:
 
 
 def random_input(spec: Any, seed: int = 0) -> np.ndarray[Any, Any]:
-    rng = np.random.default_rng(seed)
-    if np.issubdtype(spec.dtype, np.integer):
-        info = np.iinfo(spec.dtype)
-        return rng.integers(info.min, info.max, size=spec.shape, endpoint=True).astype(spec.dtype)
-    return rng.standard_normal(spec.shape).astype(spec.dtype)
+    from edge_runtime.tensors import random_tensor
+
+    return random_tensor(spec, seed)
 
 
 @pytest.fixture(scope="session")

@@ -162,3 +162,16 @@ def test_openvino_reshapes_dynamic_batch_to_static(digits_model: Path) -> None:
     assert ov.Core().read_model(str(digits_model)).inputs[0].get_partial_shape().is_dynamic
     with er.load(digits_model, "openvino:CPU") as model:
         assert model.inputs[0].shape == (1, 8, 8, 1)
+
+
+@pytest.mark.skipif(not backend_available("openvino"), reason="openvino not installed")
+def test_openvino_cache_dir_is_written_and_reused(digits_model: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "ov-cache"
+    with er.load(digits_model, "openvino:CPU", cache_dir=cache) as first:
+        x = random_input(first.inputs[0], 5)
+        expected = first.infer_raw(x)[0]
+    blobs = sorted(p.name for p in cache.iterdir())
+    assert blobs, "OpenVINO wrote no compiled blob into CACHE_DIR"
+    with er.load(digits_model, "openvino:CPU", cache_dir=cache) as second:
+        np.testing.assert_array_equal(second.infer_raw(x)[0], expected)
+    assert sorted(p.name for p in cache.iterdir()) == blobs

@@ -193,7 +193,7 @@ def _delegate_for(device: Device, rt: Runtime, where: str) -> Any | None:
         )
     try:
         return rt.load_delegate(library, options)
-    except Exception as exc:
+    except Exception as exc:  # vendor code: whatever it raises means "this delegate is unusable"
         raise ModelLoadError(
             f"delegate {library} failed to load: {type(exc).__name__}: {exc}",
             path=where,
