@@ -1,0 +1,1 @@
+"""Streaming sensor input: wire codec, sources, windows, in-place preprocessing."""
