@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_runtime.stream.codec import (
+    DTYPES,
     MAX_ENCODED,
     MAX_PAYLOAD,
-    DTYPES,
     Frame,
     FrameDecoder,
     cobs_decode_into,

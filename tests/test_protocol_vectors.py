@@ -6,8 +6,8 @@ import re
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from edge_runtime.stream.codec import FrameDecoder, encode_frame, make_frame
 
 SPEC = (ROOT / "firmware_notes" / "serial_protocol.md").read_text()
