@@ -17,8 +17,10 @@ them, tried in order)::
                | "vx"                                        VeriSilicon VX NPU delegate (i.MX 8M Plus)
                | "delegate=" PATH (";" KEY "=" VALUE)*       any external delegate .so
     OVDEVICE  := NAME ["." N]                                CPU, GPU.0, NPU, a registered plugin
-               | ("AUTO" | "MULTI") ":" NAME ("," NAME)*     OpenVINO picks/spreads among them
-               | "HETERO" ":" NAME ("," NAME)*               split by op support, in priority order
+               | ("AUTO" | "MULTI") [":" NAME ("," NAME)*]   OpenVINO picks/spreads among them (all if none)
+               | ("HETERO" | "BATCH") ":" NAME ("," NAME)*   split by op support in priority order / batching
+
+Aliases: ``edgetpu`` = ``litert:edgetpu``, ``litert:xnnpack`` = ``litert:cpu``.
 
 ``auto`` prefers an NPU or TPU, then a GPU, then the CPU; among equal kinds it tries
 the backends in the order of ``model_file.READERS`` (LiteRT first for ``.tflite``).
@@ -161,7 +163,11 @@ def _parse_openvino(raw: str, rest: str) -> DeviceRequest:
         members = tuple(_ov_name(raw, m) for m in tail.split(","))
         return DeviceRequest(raw, OPENVINO, target=f"{meta_up}:{','.join(members)}", members=members)
     name = _ov_name(raw, rest)
-    if name in OPENVINO_META:
+    if name in ("HETERO", "BATCH"):
+        raise DeviceRequestError(
+            f"openvino:{name} needs its devices listed, e.g. openvino:{name}:GPU,CPU", backend=OPENVINO, device=raw
+        )
+    if name in OPENVINO_META:  # bare AUTO / MULTI: over every device OpenVINO found
         return DeviceRequest(raw, OPENVINO, target=name, members=())
     return DeviceRequest(raw, OPENVINO, target=name)
 
@@ -253,7 +259,8 @@ def _expand_kind(
 def _match_litert(req: DeviceRequest, devices: Sequence[Device]) -> Candidate | PassedOver:
     if req.target == "delegate":
         lib = dict(req.options)["library"]
-        dev = Device(LITERT, f"delegate={lib}", "other", f"external delegate {lib}", options=req.options)
+        spec = req.text.strip().partition(":")[2]  # delegate=PATH;k=v: the name keeps the options
+        dev = Device(LITERT, spec, "other", f"external delegate {lib}", options=req.options)
         return Candidate(dev, req.text, "named by request; the library is loaded and checked at load time")
     found = next((d for d in devices if d.backend == LITERT and d.name == req.target), None)
     if found is None:

@@ -8,7 +8,7 @@ or failed keeps its reason on ``Model.attempts``; a fallback is logged as a warn
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,7 +20,14 @@ from .backends import get_backend
 from .backends.base import Session
 from .device_info import Device
 from .devices import Candidate, Selection, parse_request, probe, select
-from .errors import BackendUnavailableError, DeviceUnavailableError, InputError, ModelLoadError
+from .errors import (
+    BackendUnavailableError,
+    DeviceRequestError,
+    DeviceUnavailableError,
+    InferenceError,
+    InputError,
+    ModelLoadError,
+)
 from .model_file import READERS, ModelSource, read_model_file
 from .tensors import TensorSpec, dequantize, quantize
 
@@ -60,7 +67,7 @@ class Model:
     def session(self) -> Session:
         """The backend session (for the streaming layer's in-place writes)."""
         if self._session is None:
-            raise InputError("model is closed", path=str(self.path), backend=self.backend, device=self.device)
+            raise InferenceError("model is closed", path=str(self.path), backend=self.backend, device=self.device)
         return self._session
 
     @property
@@ -79,6 +86,19 @@ class Model:
         if fast is not None and type(x) is np.ndarray and x.dtype == fast[0] and x.shape == fast[1]:
             return session.run([x])
         return session.run(self._arrays(x, convert=False))
+
+    def infer_in_place(self, fill: Callable[[npt.NDArray[Any]], None], index: int = 0) -> list[npt.NDArray[Any]]:
+        """Let ``fill`` write input ``index`` straight into the backend's tensor, then run.
+
+        ``fill`` gets a writable view of the input tensor's own memory (the model's
+        dtype and shape), valid only during the call: keep no reference to it (LiteRT
+        refuses to invoke while one is alive). Returns raw outputs, as ``infer_raw``.
+        """
+        session = self.session
+        view = session.input_buffer(index)
+        fill(view)
+        del view
+        return session.run_prepared()
 
     def infer(self, x: Inputs) -> list[npt.NDArray[np.float32]]:
         """Run once; float inputs are quantized to the model's int8/uint8 inputs, outputs dequantized.
@@ -112,6 +132,8 @@ class Model:
         if a.dtype == spec.dtype:
             return a
         if convert and np.issubdtype(a.dtype, np.floating):
+            if not np.isfinite(a).all():
+                raise self._input_error(f"input {spec.name!r} holds NaN or infinity: it has no quantized value")
             if spec.quantization is not None:
                 return quantize(a, spec)
             if np.issubdtype(spec.dtype, np.floating):
@@ -185,6 +207,14 @@ def load(
     ``ModelLoadError`` when every candidate failed to load (each reason listed).
     """
     requests = [parse_request(r) for r in ([device] if isinstance(device, str) else device)]
+    if not requests:
+        raise DeviceRequestError("empty device request list", path=str(path))
+    if num_threads is not None and (
+        not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1
+    ):
+        raise ValueError(
+            f"num_threads must be a whole number >= 1 (or None for the backend's default), got {num_threads!r}"
+        )
     source = read_model_file(path)
     where = str(source.path)
     readers = READERS[source.format]

@@ -7,6 +7,7 @@ else reads them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -43,9 +44,14 @@ class Quantization:
             raise ValueError("per-channel quantization has no single zero point")
         return self.zero_points[0]
 
-    def _broadcast(self, ndim: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        scales = np.asarray(self.scales, dtype=np.float32)
-        zps = np.asarray(self.zero_points, dtype=np.float32)
+    @cached_property
+    def _arrays(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        return np.asarray(self.scales, dtype=np.float32), np.asarray(self.zero_points, dtype=np.float32)
+
+    def _broadcast(
+        self, ndim: int
+    ) -> tuple[npt.NDArray[np.float32] | np.float32, npt.NDArray[np.float32] | np.float32]:
+        scales, zps = self._arrays  # computed once per Quantization
         if self.per_channel and self.axis is not None:
             shape = [1] * ndim
             shape[self.axis] = len(self.scales)

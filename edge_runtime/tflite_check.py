@@ -8,9 +8,14 @@ interpreter reads (model, operator codes, subgraphs, tensors, quantization,
 operators and their option tables, buffers, metadata, signatures), checks that each
 lies inside the file, and that tensor, buffer and opcode indices are in range.
 
-It is a structural check, not a semantic one: a model that passes can still be
-refused by the interpreter (unknown op, bad shapes); it then fails with the
-interpreter's own error, not a crash. Field numbers follow tensorflow/lite/schema/schema.fbs.
+Walked in full: every table and vector named above, every string (which must also
+be UTF-8, as interpreters decode tensor names), and the index fields (tensor, buffer,
+opcode, subgraph, metadata buffer). Only bounds-checked: the header of each operator's
+option table and of a tensor's sparsity table (not the vectors inside them), and
+``variant_tensors`` and large custom options are not read. So this is a structural
+check, not a semantic one: a model that passes can still be refused by the
+interpreter (unknown op, bad shapes); it then fails with the interpreter's own error.
+Field numbers follow tensorflow/lite/schema/schema.fbs.
 """
 
 from __future__ import annotations
@@ -99,6 +104,10 @@ class _Table:
         start, n = self.vector(slot, 1, what)
         if start:
             self.r.need(start, n + 1, f"{what} (with its terminating zero)")
+            try:
+                self.r.buf[start : start + n].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _Corrupt(f"{what} at byte {start} is not UTF-8 ({exc.reason})") from None
 
     def tables(self, slot: int, what: str) -> list[_Table]:
         start, n = self.vector(slot, 4, what)
@@ -131,8 +140,10 @@ def _walk(r: _Reader) -> None:
     subgraphs = model.tables(2, "subgraphs")
     if not subgraphs:
         raise _Corrupt("the model has no subgraph")
+    tensor_counts: list[int] = []
     for g, sg in enumerate(subgraphs):
         tensors = sg.tables(0, f"subgraphs[{g}].tensors")
+        tensor_counts.append(len(tensors))
         for t, tensor in enumerate(tensors):
             where = f"subgraphs[{g}].tensors[{t}]"
             tensor.ints(0, f"{where}.shape")
@@ -169,8 +180,15 @@ def _walk(r: _Reader) -> None:
     model.ints(5, "metadata_buffer")
     for i, meta in enumerate(model.tables(6, "metadata")):
         meta.string(0, f"metadata[{i}].name")
+        if meta.scalar(1, _U32) >= max(len(buffers), 1):
+            raise _Corrupt(f"metadata[{i}] names buffer {meta.scalar(1, _U32)} of {len(buffers)}")
     for i, sig in enumerate(model.tables(7, "signature_defs")):
+        graph = sig.scalar(4, _U32)
+        if graph >= len(subgraphs):
+            raise _Corrupt(f"signature_defs[{i}] names subgraph {graph} of {len(subgraphs)}")
         for name, slot in (("inputs", 0), ("outputs", 1)):
             for j, tm in enumerate(sig.tables(slot, f"signature_defs[{i}].{name}")):
                 tm.string(0, f"signature_defs[{i}].{name}[{j}].name")
+                if tm.scalar(1, _U32) >= tensor_counts[graph]:
+                    raise _Corrupt(f"signature_defs[{i}].{name}[{j}] names tensor {tm.scalar(1, _U32)}")
         sig.string(2, f"signature_defs[{i}].signature_key")

@@ -156,7 +156,7 @@ def main() -> int:
     }
     if args.json:
         print(json.dumps({"meta": meta, "results": results, "all_targets_met": ok_all}, indent=2))
-        return 0
+        return 0 if ok_all else 1
     names = list(results[0]["p50_us"]) if results else []
     print(
         f"median latency per call, us ({meta['date']}, {meta['machine']}, python {meta['python']}, "
@@ -172,7 +172,7 @@ def main() -> int:
             f"openvino raw vs bare: {r['openvino_raw_vs_bare']}  (raw/min {r['openvino_raw_vs_min']})"
         )
     print(f"\nall targets met: {ok_all}")
-    return 0
+    return 0 if ok_all else 1
 
 
 if __name__ == "__main__":

@@ -92,6 +92,8 @@ def test_parse_request(
         ("openvino:GPU-0", "bad OpenVINO device name 'GPU-0'"),
         ("openvino:FOO:CPU", "unknown OpenVINO virtual device 'FOO'"),
         ("openvino:AUTO:NPU,,CPU", "bad OpenVINO device name ''"),
+        ("openvino:HETERO", "needs its devices listed"),
+        ("openvino:batch", "needs its devices listed"),
     ],
 )
 def test_parse_request_errors(text: str, message: str) -> None:
@@ -199,7 +201,7 @@ def test_openvino_virtual_devices() -> None:
 def test_delegate_request_needs_no_table_entry() -> None:
     sel = select("litert:delegate=/opt/vendor/libnpu.so;core=1", [CPU_LITERT], "tflite")
     (cand,) = sel.candidates
-    assert cand.device.request == "litert:delegate=/opt/vendor/libnpu.so"
+    assert cand.device.request == "litert:delegate=/opt/vendor/libnpu.so;core=1", "the request selects it again"
     assert dict(cand.device.options) == {"library": "/opt/vendor/libnpu.so", "core": "1"}
 
 

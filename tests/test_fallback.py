@@ -94,3 +94,39 @@ def test_devices_lists_cpu_and_explains_the_rest() -> None:
     assert cpus, found
     for d in found:
         assert d.available or d.reason, d
+
+
+_BAD_DELEGATE = r"""
+#include <stdlib.h>
+#include <stdint.h>
+typedef struct TfLiteDelegate {
+  void* data_;
+  int (*Prepare)(void* context, struct TfLiteDelegate* delegate);
+  void* CopyFromBufferHandle; void* CopyToBufferHandle; void* FreeBufferHandle;
+  int64_t flags; void* opaque_delegate_builder;
+} TfLiteDelegate;
+static int prepare(void* c, TfLiteDelegate* d) { (void)c; (void)d; return 1; /* kTfLiteError */ }
+TfLiteDelegate* tflite_plugin_create_delegate(char** k, char** v, size_t n, void (*report)(const char*)) {
+  (void)k; (void)v; (void)n; (void)report;
+  TfLiteDelegate* d = calloc(1, sizeof(TfLiteDelegate)); d->Prepare = prepare; return d; }
+void tflite_plugin_destroy_delegate(TfLiteDelegate* d) { free(d); }
+"""
+
+
+def test_a_delegate_that_refuses_the_model_falls_back(digits_model: Path, tmp_path: Path) -> None:
+    """A real external delegate whose Prepare fails: the interpreter raises, we fall back to the CPU."""
+    import shutil
+    import subprocess
+
+    if not backend_available("litert"):
+        pytest.skip("litert not installed")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the test delegate")
+    src = tmp_path / "bad_delegate.c"
+    lib = tmp_path / "libbad_delegate.so"
+    src.write_text(_BAD_DELEGATE)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True, capture_output=True)
+    with er.load(digits_model, [f"litert:delegate={lib}", "litert:cpu"]) as model:
+        assert model.device == "litert:cpu"
+        assert model.attempts[0].startswith(f"litert:delegate={lib}: the interpreter or its delegate refused")

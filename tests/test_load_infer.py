@@ -55,6 +55,7 @@ def test_infer_raw_is_bit_identical_to_the_bare_interpreter(path: Path, backend:
 @pytest.mark.parametrize("path", ALL_TFLITE, ids=lambda p: p.name)
 def test_both_backends_report_the_same_specs(path: Path) -> None:
     with er.load(path, "litert:cpu") as lm, er.load(path, "openvino:CPU") as om:
+        assert (len(lm.inputs), len(lm.outputs)) == (len(om.inputs), len(om.outputs))
         for a, b in zip(lm.inputs + lm.outputs, om.inputs + om.outputs):
             assert a.shape == b.shape and a.dtype == b.dtype
             assert a.quantization is not None and b.quantization is not None, (a, b)
@@ -125,7 +126,7 @@ def test_close_is_idempotent_and_blocks_use(digits_model: Path, backend: str) ->
     model.close()
     model.close()
     assert model.closed
-    with pytest.raises(er.InputError, match="model is closed"):
+    with pytest.raises(er.InferenceError, match="model is closed"):
         model.infer_raw(np.zeros(model.inputs[0].shape, np.int8))
 
 
@@ -175,3 +176,69 @@ def test_openvino_cache_dir_is_written_and_reused(digits_model: Path, tmp_path: 
     with er.load(digits_model, "openvino:CPU", cache_dir=cache) as second:
         np.testing.assert_array_equal(second.infer_raw(x)[0], expected)
     assert sorted(p.name for p in cache.iterdir()) == blobs
+
+
+def test_float_onnx_model_gets_no_invented_quantization(tmp_path: Path) -> None:
+    """A float model whose graph starts with (x - m) * s: that is normalisation, not quantization."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Sub", ["x", "m"], ["c"]), helper.make_node("Mul", ["c", "s"], ["y"])]
+    inits = [
+        numpy_helper.from_array(np.array(127.5, np.float32), "m"),
+        numpy_helper.from_array(np.array(1 / 127.5, np.float32), "s"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "norm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "norm.onnx"
+    onnx.save(model, str(path))
+    with er.load(path) as m:
+        assert m.inputs[0].quantization is None and m.outputs[0].quantization is None
+        out = m.infer(np.array([[0.0, 127.5, 255.0, 63.75]]))[0]  # float64 in: cast, not quantized
+        np.testing.assert_allclose(out, [[-1.0, 0.0, 1.0, -0.5]], atol=1e-6)
+
+
+def test_onnx_with_external_data_loads(tmp_path: Path, onnx_model: tuple[Path, np.ndarray[Any, Any]]) -> None:
+    onnx = pytest.importorskip("onnx")
+    path, _ = onnx_model
+    model = onnx.load(str(path))
+    out = tmp_path / "ext.onnx"
+    onnx.save_model(
+        model,
+        str(out),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.data",
+        size_threshold=0,
+    )
+    assert (tmp_path / "weights.data").is_file()
+    with er.load(out) as m, er.load(path) as ref:
+        x = np.array([[1, 2, 3, 4]], np.int8)
+        np.testing.assert_array_equal(m.infer_raw(x)[0], ref.infer_raw(x)[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_input_is_refused(digits_model: Path, backend: str) -> None:
+    with er.load(digits_model, DEVICE[backend]) as model:
+        x = np.zeros(model.inputs[0].shape, np.float32)
+        x[0, 0, 0, 0] = np.nan
+        with pytest.raises(er.InputError, match="NaN or infinity"):
+            model.infer(x)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True])
+def test_num_threads_is_checked_before_loading(digits_model: Path, bad: Any) -> None:
+    with pytest.raises(ValueError, match="num_threads must be a whole number >= 1"):
+        er.load(digits_model, num_threads=bad)
+
+
+def test_empty_request_list_is_a_request_error(tmp_path: Path) -> None:
+    with pytest.raises(er.DeviceRequestError, match="empty device request list"):
+        er.load(tmp_path / "never-read.tflite", [])

@@ -24,7 +24,7 @@ from ..device_info import Device
 from ..errors import BackendUnavailableError, InferenceError, ModelLoadError
 from ..model_file import ModelSource
 from ..tensors import Quantization, TensorSpec
-from .base import Session
+from .base import Capabilities, Session
 
 NAME = "litert"
 
@@ -216,6 +216,7 @@ class LiteRTSession(Session):
     """A TFLite interpreter holding one model, tensors allocated."""
 
     backend = NAME
+    capabilities = Capabilities(writable_inputs=True)
 
     def __init__(self, source: ModelSource, device: Device, *, num_threads: int | None = None) -> None:
         rt = _import_runtime()
@@ -231,27 +232,52 @@ class LiteRTSession(Session):
             self._interp = rt.interpreter(**kwargs)
         except ValueError as exc:
             raise ModelLoadError(
-                f"the TFLite flatbuffer verifier rejected the model: {exc}",
+                f"the TFLite interpreter refused the model: {exc}", path=where, backend=NAME, device=self.device
+            ) from exc
+        except RuntimeError as exc:  # e.g. a delegate whose Prepare fails (ModifyGraphWithDelegate)
+            raise ModelLoadError(
+                f"the interpreter or its delegate refused the model: {str(exc).strip() or type(exc).__name__}",
                 path=where,
                 backend=NAME,
                 device=self.device,
             ) from exc
         try:
             self._interp.allocate_tensors()
-        except RuntimeError as exc:
+            ins = self._interp.get_input_details()
+            outs = self._interp.get_output_details()
+            ops = getattr(self._interp, "_get_ops_details", None)
+            self.op_count = len(ops()) if ops is not None else None
+        except (RuntimeError, ValueError, UnicodeDecodeError) as exc:
             self._interp = None
             raise ModelLoadError(
                 f"cannot prepare the model: {str(exc).strip()}", path=where, backend=NAME, device=self.device
             ) from exc
-        ins = self._interp.get_input_details()
-        outs = self._interp.get_output_details()
         self.inputs = tuple(_spec(d) for d in ins)
         self.outputs = tuple(_spec(d) for d in outs)
         self._in_idx = [int(d["index"]) for d in ins]
         self._out_idx = [int(d["index"]) for d in outs]
-        ops = getattr(self._interp, "_get_ops_details", None)
-        self.op_count = len(ops()) if ops is not None else None
         self._where = where
+
+    def input_buffer(self, index: int) -> npt.NDArray[Any]:
+        """A view of input ``index``'s tensor memory, made fresh on every call.
+
+        LiteRT refuses to invoke while such a view is alive: drop it (``del``) before
+        ``run_prepared``.
+        """
+        if self._interp is None:
+            raise InferenceError("session is closed", path=self._where, backend=NAME, device=self.device)
+        view: npt.NDArray[Any] = self._interp.tensor(self._in_idx[index])()
+        return view
+
+    def run_prepared(self) -> list[npt.NDArray[Any]]:
+        interp = self._interp
+        if interp is None:
+            raise InferenceError("session is closed", path=self._where, backend=NAME, device=self.device)
+        try:
+            interp.invoke()
+        except (RuntimeError, ValueError) as exc:
+            raise InferenceError(f"invoke failed: {exc}", path=self._where, backend=NAME, device=self.device) from exc
+        return [interp.get_tensor(idx) for idx in self._out_idx]
 
     def run(self, arrays: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
         interp = self._interp
