@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -165,6 +166,191 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stream_parts(args: argparse.Namespace, model: Model) -> tuple[Any, list[str] | None]:
+    """(Preprocess, labels) from --preprocess / --labels, or the model's JSON sidecar."""
+    from .stream.preprocess import Preprocess
+
+    sidecar = Path(args.model).with_suffix(".json")
+    labels: list[str] | None = None
+    pre = Preprocess()
+    source = args.preprocess if args.preprocess != "auto" else (str(sidecar) if sidecar.is_file() else "none")
+    if source != "none":
+        pre = Preprocess.from_sidecar(source)
+    if args.labels:
+        labels = [x.strip() for x in args.labels.split(",")]
+    elif sidecar.is_file():
+        labels = json.loads(sidecar.read_text()).get("labels")
+    return pre, labels
+
+
+def _result_line(r: Any) -> str:
+    return (
+        f"stream {r.stream_id} window {r.window:5d}  t={r.timestamp_us / 1e6:10.3f} s  {r.label:>12s} "
+        f"{r.confidence:5.2f}  latency {r.latency_us:8.1f} us"
+    )
+
+
+def _summary_text(stats: Any, extra: dict[str, Any]) -> str:
+    dec = stats.source.get("decoder", {})
+    rows = [
+        ["frames", str(stats.frames)],
+        ["windows", str(stats.windows)],
+        ["results", str(stats.results)],
+        ["dropped (queue full)", str(stats.dropped)],
+        [
+            "bad frames (crc / malformed / oversize)",
+            f"{dec.get('crc_errors', 0)} / {dec.get('malformed', 0)} / {dec.get('oversize', 0)}",
+        ],
+        ["sequence gaps (frames missing)", str(dec.get("gaps", 0))],
+        ["reconnects", str(max(stats.source.get("connects", 0) - 1, 0))],
+        ["latency p50 / p99 (us)", f"{stats.latency_p50_us:.1f} / {stats.latency_p99_us:.1f}"],
+        ["preprocess + invoke p50 (us)", f"{stats.invoke_p50_us:.1f}"],
+        *[[k, str(v)] for k, v in extra.items()],
+    ]
+    return _table(rows, ["summary", "value"])
+
+
+def _run_stream(args: argparse.Namespace, model: Model, url: str, extra: Any = None) -> tuple[Any, list[Any]]:
+    from .stream.pipeline import Stream
+    from .stream.sources import open_source
+
+    pre, labels = _stream_parts(args, model)
+    options: dict[str, Any] = {}
+    if args.baud:
+        options["baudrate"] = args.baud
+    source = open_source(url, **options)
+    stream = Stream(
+        model,
+        source,
+        window=args.window,
+        hop=args.hop,
+        preprocess=pre,
+        queue_slots=args.queue,
+        policy=args.policy,
+        labels=labels,
+    )
+    kept: list[Any] = []
+    if not args.json:
+        print(
+            f"model {model.path} on {model.device}; source {url}; window {stream.window} hop {stream.hop}; "
+            f"preprocess {pre.describe()}",
+            file=sys.stderr,
+        )
+    for r in stream.results(max_results=args.max_results, duration_s=args.duration):
+        kept.append(r)
+        print(json.dumps(r.to_dict()) if args.json else _result_line(r), flush=True)
+    return stream.stats, kept
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    with _load(args) as model:
+        stats, _ = _run_stream(args, model, args.source)
+    if args.json:
+        print(json.dumps({"summary": stats.as_dict()}))
+    else:
+        print("\n" + _summary_text(stats, {}))
+    return 0
+
+
+def cmd_emulate(args: argparse.Namespace) -> int:
+    from .hil.emulator import Emulator, Faults, load_recording
+
+    values, recorded_rate = load_recording(args.recording)
+    rate = None if args.rate == "max" else float(args.rate) if args.rate else recorded_rate
+    faults = Faults(
+        garbage_every=args.garbage_every,
+        flip_every=args.flip_every,
+        drop_every=args.drop_every,
+        pause_at=args.pause_at,
+        pause_s=args.pause_s,
+        disconnect_at=args.disconnect_at,
+        disconnect_s=args.disconnect_s,
+        seed=args.seed,
+    )
+    write = None
+    port = None
+    if args.port:
+        import serial
+
+        port = serial.serial_for_url(args.port, baudrate=args.baud or 115200)
+        write = port.write
+    emu = Emulator(
+        values,
+        rate_hz=rate,
+        sample_rate_hz=recorded_rate,
+        frame_samples=args.frame,
+        faults=faults,
+        loop=args.loop,
+        link=args.link,
+        write=write,
+        dtype=args.dtype,
+    )
+    print(emu.address if not args.port else args.port, flush=True)
+    print(
+        f"emulating {args.recording}: {len(values)} samples x {values.shape[1]} channels, recorded at "
+        f"{recorded_rate:g} Hz, sending at {rate or 'max'} samples/s, {args.frame} per frame",
+        file=sys.stderr,
+    )
+    try:
+        stats = emu.run()
+    finally:
+        emu.close()
+        if port is not None:
+            port.close()
+    print(f"sent {stats.frames} frames, {stats.bytes} bytes", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Emulator on a pty with a real recording -> serial source -> shipped int8 model."""
+    import tempfile
+
+    from .hil.emulator import Emulator, load_recording
+    from .stream.sources import FileSource
+
+    for path in (args.model, args.recording):
+        if not Path(path).is_file():
+            print(
+                f"edge-runtime: error: {path} not found (run from the repository root, or pass --model and "
+                "--recording)",
+                file=sys.stderr,
+            )
+            return 1
+    values, recorded_rate = load_recording(args.recording)
+    truth = FileSource(f"file:{args.recording}").labels
+    with tempfile.TemporaryDirectory(prefix="edge_runtime_demo_") as tmp, _load(args) as model:
+        emu = Emulator(
+            values,
+            rate_hz=recorded_rate * args.speed,
+            sample_rate_hz=recorded_rate,
+            frame_samples=args.frame,
+            link=Path(tmp) / "ttyIMU",
+        )
+        if not args.json:
+            pty_path = emu.pty.path if emu.pty else ""
+            print(
+                f"emulator: {args.recording} ({len(values)} samples at {recorded_rate:g} Hz) on pty {pty_path} "
+                f"(linked as {emu.address}), {args.speed:g}x real time",
+                file=sys.stderr,
+            )
+        thread = emu.start()
+        try:
+            stats, results = _run_stream(args, model, emu.address + "?baud=921600")
+        finally:
+            emu.close()
+            thread.join(timeout=5)
+    extra: dict[str, Any] = {}
+    if truth:
+        interval = 1e6 / recorded_rate
+        correct = sum(truth[round(r.timestamp_us / interval)] == r.label for r in results)
+        extra["accuracy vs recording labels"] = f"{correct}/{len(results)}"
+    if args.json:
+        print(json.dumps({"summary": {**stats.as_dict(), **extra}}))
+    else:
+        print("\n" + _summary_text(stats, extra))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-runtime",
@@ -203,6 +389,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_bench)
+
+    def stream_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--window", type=int, default=None, help="samples per window (default: the input's time axis)")
+        p.add_argument("--hop", type=int, default=None, help="samples between window starts (default: window)")
+        p.add_argument("--baud", type=int, default=None, help="serial baud rate (or ?baud=N in the source URL)")
+        p.add_argument(
+            "--preprocess",
+            default="auto",
+            help="JSON sidecar with a 'preprocessing' block, 'none', or 'auto' (MODEL.json if present)",
+        )
+        p.add_argument("--labels", default=None, help="comma-separated class names (default: from the sidecar)")
+        p.add_argument("--queue", type=int, default=8, help="window slots between reader and inference (default 8)")
+        p.add_argument(
+            "--policy",
+            choices=["drop-oldest", "block"],
+            default="drop-oldest",
+            help="when the queue is full: drop the oldest window (counted) or block the reader",
+        )
+        p.add_argument("--max-results", type=int, default=None, help="stop after N results")
+        p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+
+    p = sub.add_parser("run", help="stream a sensor source through a model, one line (or JSON line) per window")
+    common(p)
+    p.add_argument(
+        "--source",
+        required=True,
+        help="serial device or pyserial URL (/dev/ttyUSB0, loop://, socket://host:port), "
+        "file:REC.csv[?speed=max|K&frame=N], or synthetic:sine|ramp[?channels=N&rate=HZ]",
+    )
+    stream_opts(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("emulate", help="play a recording as a sensor over a pty (prints its path) or a serial port")
+    p.add_argument("recording", help="CSV (timestamp_us, channels..., label) or .npy recording")
+    p.add_argument("--pty", action="store_true", help="send over a new pseudo-terminal (the default)")
+    p.add_argument("--port", default=None, help="send over this serial port or pyserial URL instead of a pty")
+    p.add_argument("--baud", type=int, default=None, help="baud rate for --port")
+    p.add_argument("--link", default=None, help="also make this path a symlink to the pty (kept across reconnects)")
+    p.add_argument("--rate", default=None, help="samples per second, or 'max' (default: the recording's rate)")
+    p.add_argument("--frame", type=int, default=10, help="samples per frame (default 10)")
+    p.add_argument("--dtype", default="float32", help="sample type on the wire: float32, int16, ... (default float32)")
+    p.add_argument("--loop", action="store_true", help="repeat the recording forever")
+    p.add_argument("--garbage-every", type=int, default=0, metavar="N", help="a burst of random bytes every N frames")
+    p.add_argument("--flip-every", type=int, default=0, metavar="N", help="flip one bit in every Nth frame")
+    p.add_argument("--drop-every", type=int, default=0, metavar="N", help="lose 3 bytes of every Nth frame")
+    p.add_argument("--pause-at", type=int, default=0, metavar="FRAME", help="go silent before this frame")
+    p.add_argument("--pause-s", type=float, default=3.0, help="how long the pause lasts (default 3 s)")
+    p.add_argument(
+        "--disconnect-at",
+        type=int,
+        default=0,
+        metavar="FRAME",
+        help="unplug mid-frame at this frame, then plug in again (use --link to keep the path)",
+    )
+    p.add_argument("--disconnect-s", type=float, default=1.0, help="how long unplugged (default 1 s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fault positions")
+    p.set_defaults(func=cmd_emulate)
+
+    p = sub.add_parser("demo", help="emulator on a pty with a real IMU recording -> stream -> shipped int8 model")
+    common(p, model=False)
+    p.add_argument("--model", default="models/basicmotions_int8.tflite", help="model (default: %(default)s)")
+    p.add_argument("--recording", default="models/basicmotions_recording.csv", help="recording (default: %(default)s)")
+    p.add_argument("-d", "--device", action="append", metavar="REQUEST", help=DEVICE_HELP)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+    p.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--speed", type=float, default=100.0, help="times real time (default 100)")
+    p.add_argument("--frame", type=int, default=10, help="samples per frame (default 10)")
+    stream_opts(p)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -221,18 +221,22 @@ class FrameDecoder:
         self._n = 0
         self._discarding = False
 
-    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[Frame]:
-        """Consume ``data``; yield every complete, valid frame it finishes."""
-        buf = data if isinstance(data, (bytes, bytearray)) else bytes(data)
-        size = len(buf)
-        self.stats.bytes += size
-        pos = 0
+    def feed(self, data: bytes | bytearray, start: int = 0, end: int | None = None) -> Iterator[Frame]:
+        """Consume ``data[start:end]``; yield every complete, valid frame it finishes.
+
+        Reads ``data`` in place (no slice copies): pass the reader's own buffer and the
+        number of bytes read.
+        """
+        stop = len(data) if end is None else end
+        self.stats.bytes += stop - start
+        view = memoryview(data)
         pending = self._pending
         cap = len(pending)
-        while pos < size:
-            zero = buf.find(0, pos)
-            end = size if zero < 0 else zero
-            chunk = end - pos
+        pos = start
+        while pos < stop:
+            zero = data.find(0, pos, stop)
+            chunk_end = stop if zero < 0 else zero
+            chunk = chunk_end - pos
             if self._discarding:
                 pass
             elif self._n + chunk > cap:
@@ -240,7 +244,7 @@ class FrameDecoder:
                 self._discarding = True
                 self._n = 0
             else:
-                pending[self._n : self._n + chunk] = buf[pos:end]
+                pending[self._n : self._n + chunk] = view[pos:chunk_end]
                 self._n += chunk
             if zero < 0:
                 return

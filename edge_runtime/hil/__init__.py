@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop helpers: the firmware emulator and fault injection (not needed at run time)."""

@@ -1,0 +1,119 @@
+"""Preprocessing that writes straight into the model's input tensor.
+
+A window of raw samples goes through channel selection, ``(x - offset) / scale`` per
+channel, and quantization to the input's int8/uint8 scale and zero point, fused into
+one affine map ``q = rint(x * a + b)`` computed in one preallocated float32 scratch
+buffer. The only write into the model's memory is the final ``copyto`` into the
+input tensor: that is the one unavoidable copy of a window's data, and it is where
+the float values become the model's integers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import InputError
+from ..tensors import TensorSpec
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What to do to a window before the model: select ``channels``, then ``(x - offset) / scale``.
+
+    ``offset`` and ``scale`` are one value or one per selected channel (a normalisation:
+    offset = mean, scale = std). Quantization to the model input is always last and
+    comes from the model's ``TensorSpec``.
+    """
+
+    channels: tuple[int, ...] | None = None
+    offset: tuple[float, ...] = (0.0,)
+    scale: tuple[float, ...] = (1.0,)
+
+    @classmethod
+    def from_sidecar(cls, path: str | Path) -> Preprocess:
+        """Read the ``preprocessing`` block of a model's JSON sidecar (``models/<name>.json``)."""
+        data = json.loads(Path(path).read_text())
+        pre = data.get("preprocessing", {})
+        kind = pre.get("kind")
+        if kind == "standardize_per_channel":
+            return cls(offset=tuple(pre["mean"]), scale=tuple(pre["std"]))
+        if kind in (None, "none"):
+            return cls()
+        if "divide_by" in pre:
+            return cls(scale=(float(pre["divide_by"]),))
+        raise ValueError(f"{path}: unknown preprocessing kind {kind!r}")
+
+    def describe(self) -> str:
+        parts = []
+        if self.channels is not None:
+            parts.append(f"channels {list(self.channels)}")
+        if any(self.offset) or any(s != 1.0 for s in self.scale):
+            parts.append(f"(x - {list(self.offset)}) / {list(self.scale)}")
+        return ", ".join(parts) or "none"
+
+
+class Preprocessor:
+    """``Preprocess`` compiled for one window shape and one model input.
+
+    Owns a float32 scratch buffer of the window's shape; ``__call__`` allocates no
+    array that grows with the window.
+    """
+
+    def __init__(self, pre: Preprocess, window: int, channels: int, spec: TensorSpec) -> None:
+        self.spec = spec
+        sel = pre.channels
+        n_out = len(sel) if sel is not None else channels
+        if sel is not None and any(not 0 <= c < channels for c in sel):
+            raise InputError(f"channel selection {list(sel)} outside 0..{channels - 1}")
+        if int(np.prod(spec.shape)) != window * n_out:
+            raise InputError(
+                f"a window of {window} samples x {n_out} channels ({window * n_out} values) does not fit "
+                f"input {spec.name!r} of shape {spec.shape}"
+            )
+        offset = _per_channel(pre.offset, n_out, "offset")
+        scale = _per_channel(pre.scale, n_out, "scale")
+        if np.any(scale == 0):
+            raise InputError("preprocessing scale must not be 0")
+        q = spec.quantization
+        if q is not None and q.per_channel:
+            raise InputError("per-channel quantized inputs are not supported by stream preprocessing")
+        qscale, zp = (q.scales[0], q.zero_points[0]) if q is not None else (1.0, 0)
+        self._a = (1.0 / (scale * qscale)).astype(np.float32)
+        self._b = (zp - offset / (scale * qscale)).astype(np.float32)
+        self._quantize = q is not None and np.issubdtype(spec.dtype, np.integer)
+        info = np.iinfo(spec.dtype) if np.issubdtype(spec.dtype, np.integer) else None
+        self._lo, self._hi = (float(info.min), float(info.max)) if info is not None else (0.0, 0.0)
+        self._sel = np.asarray(sel, dtype=np.intp) if sel is not None else None
+        self._picked = np.zeros((window, n_out), dtype=np.float32) if sel is not None else None
+        self._scratch = np.zeros((window, n_out), dtype=np.float32)
+        self.window, self.channels = window, channels
+
+    def __call__(self, window: npt.NDArray[Any], dst: npt.NDArray[Any]) -> None:
+        """Write the preprocessed, quantized ``window`` into ``dst`` (the input tensor's memory)."""
+        src = window
+        if self._sel is not None and self._picked is not None:
+            np.take(window, self._sel, axis=1, out=self._picked, mode="clip")
+            src = self._picked
+        s = self._scratch
+        np.multiply(src, self._a, out=s)
+        np.add(s, self._b, out=s)
+        if self._quantize:
+            np.rint(s, out=s)
+            np.clip(s, self._lo, self._hi, out=s)
+        np.copyto(dst.reshape(s.shape), s, casting="unsafe")  # the one write into the model's input
+
+
+def _per_channel(values: Sequence[float], n: int, what: str) -> npt.NDArray[np.float64]:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 1:
+        return np.full(n, float(arr[0]))
+    if arr.size != n:
+        raise InputError(f"preprocessing {what} has {arr.size} values for {n} channels")
+    return arr
