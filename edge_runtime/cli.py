@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -210,7 +212,9 @@ def _summary_text(stats: Any, extra: dict[str, Any]) -> str:
     return _table(rows, ["summary", "value"])
 
 
-def _run_stream(args: argparse.Namespace, model: Model, url: str, extra: Any = None) -> tuple[Any, list[Any]]:
+def _run_stream(
+    args: argparse.Namespace, model: Model, url: str, stop: threading.Event | None = None
+) -> tuple[Any, list[Any]]:
     from .stream.pipeline import Stream
     from .stream.sources import open_source
 
@@ -236,7 +240,7 @@ def _run_stream(args: argparse.Namespace, model: Model, url: str, extra: Any = N
             f"preprocess {pre.describe()}",
             file=sys.stderr,
         )
-    for r in stream.results(max_results=args.max_results, duration_s=args.duration):
+    for r in stream.results(max_results=args.max_results, duration_s=args.duration, stop=stop):
         kept.append(r)
         print(json.dumps(r.to_dict()) if args.json else _result_line(r), flush=True)
     return stream.stats, kept
@@ -293,6 +297,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     )
     try:
         stats = emu.run()
+        emu.close(linger_s=0.5)
     finally:
         emu.close()
         if port is not None:
@@ -333,12 +338,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"(linked as {emu.address}), {args.speed:g}x real time",
                 file=sys.stderr,
             )
-        thread = emu.start()
+        stop = threading.Event()
+
+        def play() -> None:
+            emu.run()  # sends once the reader has the port open, as a USB CDC device waits for DTR
+            time.sleep(0.3)  # let the last frame through the reader
+            stop.set()
+
+        threading.Thread(target=play, name="edge_runtime-demo-emulator", daemon=True).start()
         try:
-            stats, results = _run_stream(args, model, emu.address + "?baud=921600")
+            stats, results = _run_stream(args, model, emu.address + "?baud=921600", stop=stop)
         finally:
+            stop.set()
             emu.close()
-            thread.join(timeout=5)
     extra: dict[str, Any] = {}
     if truth:
         interval = 1e6 / recorded_rate

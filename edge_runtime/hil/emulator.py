@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import select
 import threading
 import time
 import tty
@@ -25,6 +26,10 @@ import numpy.typing as npt
 from ..stream.codec import FLAG_START, encode_frame, make_frame
 
 log = logging.getLogger("edge_runtime.hil")
+
+
+class _Stopped(Exception):
+    pass
 
 
 @dataclass
@@ -55,12 +60,19 @@ class EmulatorStats:
 
 
 class Pty:
-    """A pseudo-terminal pair in raw mode; ``path`` is what a serial reader opens."""
+    """A pseudo-terminal in raw mode; ``path`` is what a serial reader opens.
+
+    The emulator keeps only the master side open, so it can tell whether a reader has
+    the port open (no POLLHUP on the master), as a USB CDC device sees the host's DTR.
+    """
 
     def __init__(self, link: str | Path | None = None) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        self.path = os.ttyname(self.slave)
+        self.master, slave = os.openpty()
+        tty.setraw(slave)
+        self.path = os.ttyname(slave)
+        os.close(slave)
+        self._poll = select.poll()
+        self._poll.register(self.master, select.POLLOUT)
         self.link = Path(link) if link else None
         if self.link is not None:
             tmp = self.link.with_name(self.link.name + ".tmp")
@@ -72,6 +84,26 @@ class Pty:
     def address(self) -> str:
         return str(self.link) if self.link is not None else self.path
 
+    def reader_attached(self) -> bool:
+        """True while some process has the port open."""
+        return not any(ev & select.POLLHUP for _, ev in self._poll.poll(0))
+
+    def wait_for_reader(self, stop: threading.Event, timeout_s: float | None = None, settle_s: float = 0.05) -> bool:
+        """Block until a reader opens the port, then ``settle_s`` more (or ``stop``/timeout: False).
+
+        The settle time covers the reader's own set-up after open (pyserial configures the
+        port, the source flushes its input), as a device waits a moment after DTR.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not stop.is_set():
+            if self.reader_attached():
+                stop.wait(settle_s)
+                return not stop.is_set()
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            stop.wait(0.005)
+        return False
+
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
@@ -79,11 +111,10 @@ class Pty:
             view = view[n:]
 
     def close(self) -> None:
-        for fd in (self.master, self.slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        try:
+            os.close(self.master)
+        except OSError:
+            pass
 
 
 def load_recording(path: str | Path) -> tuple[npt.NDArray[np.float32], float]:
@@ -110,6 +141,7 @@ class Emulator:
         loop: bool = False,
         link: str | Path | None = None,
         write: Callable[[bytes], None] | None = None,
+        wait_for_reader: bool = True,
     ) -> None:
         self.values = np.ascontiguousarray(values, dtype=dtype)
         self.rate = rate_hz
@@ -122,6 +154,7 @@ class Emulator:
         self.stats = EmulatorStats()
         self._rng = random.Random(self.faults.seed)
         self._external_write = write
+        self.wait_for_reader = wait_for_reader
         self.pty: Pty | None = None if write is not None else Pty(link)
         self.stop = threading.Event()
         self.finished = threading.Event()
@@ -131,10 +164,15 @@ class Emulator:
         return self.pty.address if self.pty is not None else "(external)"
 
     def _write(self, data: bytes) -> None:
-        if self._external_write is not None:
-            self._external_write(data)
-        elif self.pty is not None:
-            self.pty.write(data)
+        try:
+            if self._external_write is not None:
+                self._external_write(data)
+            elif self.pty is not None:
+                self.pty.write(data)
+        except OSError:
+            if self.stop.is_set():  # closed under us by close(): the run is over
+                raise _Stopped() from None
+            raise
         self.stats.bytes += len(data)
 
     def frames(self) -> Any:
@@ -165,12 +203,19 @@ class Emulator:
     def run(self) -> EmulatorStats:
         """Send everything (or until ``stop``); returns the counters. Blocks: run it on a thread."""
         f = self.faults
-        t0 = time.perf_counter()
         try:
+            if not self._await_reader():
+                return self.stats
+            t0 = time.perf_counter()
             self._write(b"\x00")  # a delimiter first: the receiver starts clean
             for seq, sample, frame in self.frames():
                 if self.stop.is_set():
                     break
+                if self.pty is not None and self.wait_for_reader and not self.pty.reader_attached():
+                    paused = time.perf_counter()
+                    if not self._await_reader():
+                        break
+                    t0 += time.perf_counter() - paused  # the pause does not make us catch up
                 if self.rate:
                     delay = t0 + (sample + frame.samples) / self.rate - time.perf_counter()
                     if delay > 0:
@@ -201,9 +246,17 @@ class Emulator:
                     continue
                 self._write(bytes(wire))
                 self.stats.frames += 1
+        except _Stopped:
+            pass
         finally:
             self.finished.set()
         return self.stats
+
+    def _await_reader(self) -> bool:
+        """Like a USB CDC device waiting for DTR: send only while a reader has the port open."""
+        if self.pty is None or not self.wait_for_reader:
+            return True
+        return self.pty.wait_for_reader(self.stop)
 
     def _reconnect(self, seconds: float, half: bytes) -> None:
         """Unplug mid-frame: send half a frame, close the pty, wait, open a new one."""
@@ -216,6 +269,7 @@ class Emulator:
         self.stop.wait(seconds)
         self.pty = Pty(self.link)
         log.info("emulator: plugged in again at %s", self.pty.address)
+        self._await_reader()
         self._write(b"\x00")
 
     def start(self) -> threading.Thread:
@@ -223,7 +277,14 @@ class Emulator:
         thread.start()
         return thread
 
-    def close(self) -> None:
+    def close(self, linger_s: float = 0.0) -> None:
+        """Stop sending and close the port, after ``linger_s`` seconds if a reader is attached.
+
+        Closing a pty master drops what its reader has not read yet: linger so the last
+        frames get through, as a real device does not vanish the moment it has sent.
+        """
+        if linger_s > 0 and self.pty is not None and self.pty.reader_attached():
+            time.sleep(linger_s)
         self.stop.set()
         if self.pty is not None:
             self.pty.close()

@@ -154,12 +154,18 @@ def cobs_encode(data: bytes) -> bytes:
     return bytes(out)
 
 
-def cobs_decode_into(src: memoryview | bytearray | bytes, n: int, dst: bytearray) -> int:
+def cobs_decode_into(src: memoryview | bytearray | bytes, n: int, dst: bytearray | memoryview) -> int:
     """Decode ``src[:n]`` (COBS, no 0x00) into ``dst``; return the decoded length, or -1 if invalid.
 
     Writes only into ``dst`` (preallocated; never grown: a frame that would not fit is
     invalid) and allocates nothing that grows with ``n``.
     """
+    # Slice-assigning into a bytearray copies the source into a temporary first (CPython
+    # converts any non-bytearray source); into a memoryview it is a plain memcpy.
+    if isinstance(dst, bytearray):
+        dst = memoryview(dst)
+    if not isinstance(src, memoryview):
+        src = memoryview(src)
     cap = len(dst)
     i = 0
     o = 0
@@ -230,7 +236,7 @@ class FrameDecoder:
         stop = len(data) if end is None else end
         self.stats.bytes += stop - start
         view = memoryview(data)
-        pending = self._pending
+        pending = self._pending_view  # memoryview: slice assignment without a temporary copy
         cap = len(pending)
         pos = start
         while pos < stop:
@@ -261,7 +267,7 @@ class FrameDecoder:
 
     def _decode(self, n: int) -> Frame | None:
         stats = self.stats
-        length = cobs_decode_into(self._pending_view, n, self._out)
+        length = cobs_decode_into(self._pending_view, n, self._out_view)
         if length < HEADER_SIZE + CRC_SIZE:
             stats.malformed += 1
             return None

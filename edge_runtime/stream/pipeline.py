@@ -13,6 +13,7 @@ with the frame.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -162,6 +163,10 @@ class Stream:
             while not queue.put(view, sid, win.windows - 1, ts, arrival_ns, timeout=0.1):
                 if self._stop.is_set():
                     return
+            # Hand the GIL to the inference thread now, rather than when this thread next
+            # blocks (sched_yield releases it; time.sleep(0) would also, but costs ~65 us of
+            # timer slack here). Measured by scripts/bench_stream.py.
+            os.sched_yield()
 
     def _new_window(self, frame: Frame) -> SlidingWindow:
         win = SlidingWindow(self.window, self.hop, frame.channels, frame.dtype)
@@ -171,7 +176,7 @@ class Stream:
         return win
 
     def _make_queue(self, channels: int, dtype: np.dtype[Any]) -> WindowQueue:
-        self._pre = Preprocessor(self.preprocess, self.window, channels, self.model.inputs[0])
+        self._pre = Preprocessor(self.preprocess, self.window, channels, self.model.inputs[0], dtype)
         self._queue_fmt = (channels, dtype)
         self._ready.set()
         return WindowQueue(self.queue_slots, self.window, channels, dtype, self.policy)
@@ -219,8 +224,15 @@ class Stream:
             invoke,
         )
 
-    def results(self, *, max_results: int | None = None, duration_s: float | None = None) -> Iterator[StreamResult]:
-        """Start the reader and yield results until the source ends, a limit is reached, or the caller stops."""
+    def results(
+        self,
+        *,
+        max_results: int | None = None,
+        duration_s: float | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[StreamResult]:
+        """Start the reader and yield results until the source ends, a limit is reached, ``stop`` is set,
+        or the caller stops iterating. Windows still queued when ``stop`` is set are delivered first."""
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._reader_done = threading.Event()
@@ -230,11 +242,13 @@ class Stream:
         try:
             while self._queue is None and not self._reader_done.is_set():
                 self._ready.wait(0.1)
-                if deadline is not None and time.monotonic() > deadline:
+                if (deadline is not None and time.monotonic() > deadline) or (stop is not None and stop.is_set()):
                     return
             while self._queue is not None:
                 if deadline is not None and time.monotonic() > deadline:
                     return
+                if stop is not None and stop.is_set() and not self._stop.is_set():
+                    self._stop.set()  # the reader ends; what is queued is still delivered
                 slot = self._queue.get(timeout=0.1)
                 if slot is None:
                     if self._reader_done.is_set() and not len(self._queue):

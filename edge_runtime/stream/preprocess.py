@@ -11,6 +11,7 @@ the float values become the model's integers.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ import numpy.typing as npt
 
 from ..errors import InputError
 from ..tensors import TensorSpec
+
+_MAGIC = np.array(1.5 * 2**23, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,9 @@ class Preprocessor:
     array that grows with the window.
     """
 
-    def __init__(self, pre: Preprocess, window: int, channels: int, spec: TensorSpec) -> None:
+    def __init__(
+        self, pre: Preprocess, window: int, channels: int, spec: TensorSpec, dtype: npt.DTypeLike = np.float32
+    ) -> None:
         self.spec = spec
         sel = pre.channels
         n_out = len(sel) if sel is not None else channels
@@ -85,28 +90,55 @@ class Preprocessor:
         if q is not None and q.per_channel:
             raise InputError("per-channel quantized inputs are not supported by stream preprocessing")
         qscale, zp = (q.scales[0], q.zero_points[0]) if q is not None else (1.0, 0)
-        self._a = (1.0 / (scale * qscale)).astype(np.float32)
-        self._b = (zp - offset / (scale * qscale)).astype(np.float32)
+        shape = (window, n_out)
+        # Full-shape coefficients: a broadcast operand makes NumPy allocate iterator buffers
+        # (~3.5 KiB) on every call; same-shape operands allocate nothing.
+        self._a = np.ascontiguousarray(np.broadcast_to(1.0 / (scale * qscale), shape), dtype=np.float32)
+        self._b = np.ascontiguousarray(np.broadcast_to(zp - offset / (scale * qscale), shape), dtype=np.float32)
         self._quantize = q is not None and np.issubdtype(spec.dtype, np.integer)
         info = np.iinfo(spec.dtype) if np.issubdtype(spec.dtype, np.integer) else None
-        self._lo, self._hi = (float(info.min), float(info.max)) if info is not None else (0.0, 0.0)
+        self._lo = np.array(info.min if info is not None else 0, dtype=np.float32)
+        self._hi = np.array(info.max if info is not None else 0, dtype=np.float32)
+        self.dtype = np.dtype(dtype)
         self._sel = np.asarray(sel, dtype=np.intp) if sel is not None else None
-        self._picked = np.zeros((window, n_out), dtype=np.float32) if sel is not None else None
-        self._scratch = np.zeros((window, n_out), dtype=np.float32)
+        self._picked = np.zeros(shape, dtype=self.dtype) if sel is not None else None
+        self._scratch = np.zeros(shape, dtype=np.float32)
         self.window, self.channels = window, channels
+        # Float -> 8-bit without NumPy's casting buffer (a ~4 KiB allocation per call): after
+        # clipping, adding 1.5 * 2**23 leaves round-half-even(x) in the low mantissa bits of
+        # the float32, so its lowest byte *is* the int8/uint8 value (little-endian hosts).
+        self._magic = (
+            self._scratch.view(spec.dtype)[:, ::4]
+            if self._quantize and spec.dtype.itemsize == 1 and sys.byteorder == "little"
+            else None
+        )
 
     def __call__(self, window: npt.NDArray[Any], dst: npt.NDArray[Any]) -> None:
-        """Write the preprocessed, quantized ``window`` into ``dst`` (the input tensor's memory)."""
+        """Write the preprocessed, quantized ``window`` into ``dst`` (the input tensor's memory).
+
+        ``window`` is ``(size, channels)`` of the dtype given at construction; ``dst`` is
+        C-contiguous (a tensor's own memory always is). Allocates nothing that grows with
+        the window (see scripts/bench_stream.py).
+        """
         src = window
         if self._sel is not None and self._picked is not None:
             np.take(window, self._sel, axis=1, out=self._picked, mode="clip")
             src = self._picked
         s = self._scratch
-        np.multiply(src, self._a, out=s)
+        if src.dtype != np.float32:
+            np.copyto(s, src, casting="unsafe")  # widen first: mixed-type ufuncs allocate cast buffers
+            np.multiply(s, self._a, out=s)
+        else:
+            np.multiply(src, self._a, out=s)
         np.add(s, self._b, out=s)
         if self._quantize:
+            np.maximum(s, self._lo, out=s)
+            np.minimum(s, self._hi, out=s)
+            if self._magic is not None:
+                np.add(s, _MAGIC, out=s)  # rounds half to even, as np.rint
+                np.copyto(dst.reshape(s.shape), self._magic)  # the one write into the model's input
+                return
             np.rint(s, out=s)
-            np.clip(s, self._lo, self._hi, out=s)
         np.copyto(dst.reshape(s.shape), s, casting="unsafe")  # the one write into the model's input
 
 

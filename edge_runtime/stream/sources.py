@@ -369,6 +369,7 @@ class SyntheticSource:
         seq = 0
         while not stop.is_set() and (self.count is None or seq < self.count):
             first = seq * n
+            pace.wait(first + n, stop)  # before computing: the frame is made when it is "sampled"
             if self.kind == "ramp":
                 buf[...] = (
                     np.arange(first * self.channels, (first + n) * self.channels)
@@ -381,7 +382,6 @@ class SyntheticSource:
                 if self.noise:
                     wave += self.rng.normal(0.0, self.noise, wave.shape)
                 np.copyto(buf, wave * (1000 if self.dtype.kind == "i" else 1), casting="unsafe")
-            pace.wait(first + n, stop)
             frame = Frame(self.stream_id, seq, first * interval, interval, self.dtype, self.channels, n, payload)
             seq += 1
             self.stats.frames += 1

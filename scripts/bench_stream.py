@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Streaming benchmarks (issue 3): allocations per frame, pipeline overhead, pty throughput, latency.
+
+allocations   tracemalloc over >= 10,000 frames after warm-up, run synchronously through
+              decoder -> window -> queue -> preprocess into the input tensor -> invoke, for
+              64-byte and 64-KiB payloads: net growth per frame (leaks) and the largest
+              transient allocation while one frame is processed (must not grow with the frame).
+overhead      per window, end-to-end latency minus (preprocess + invoke), median, through the
+              real two-thread Stream fed by a paced synthetic source.
+pty           the firmware emulator at full speed through a pseudo-terminal into the Stream:
+              frames/s, MB/s, good frames lost (must be 0), latency p50/p99 from the last byte
+              of a window's last frame to its result.
+
+  python scripts/bench_stream.py [--json] [--frames 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import edge_runtime as er  # noqa: E402
+from edge_runtime.hil.emulator import Emulator  # noqa: E402
+from edge_runtime.stream.codec import FrameDecoder, encode_frame, make_frame  # noqa: E402
+from edge_runtime.stream.pipeline import Stream  # noqa: E402
+from edge_runtime.stream.preprocess import Preprocess, Preprocessor  # noqa: E402
+from edge_runtime.stream.queue import WindowQueue  # noqa: E402
+from edge_runtime.stream.sources import open_source  # noqa: E402
+from edge_runtime.stream.window import SlidingWindow  # noqa: E402
+
+MODEL = ROOT / "models" / "basicmotions_int8.tflite"
+SIDECAR = ROOT / "models" / "basicmotions_int8.json"
+
+
+def allocations(payload_bytes: int, frames: int, model: er.Model) -> dict[str, Any]:
+    """Synchronous path, one frame at a time, under tracemalloc."""
+    channels = 6
+    samples = max(1, payload_bytes // (4 * channels))
+    rng = np.random.default_rng(0)
+    wires = [
+        encode_frame(
+            make_frame(
+                rng.standard_normal((samples, channels)).astype(np.float32),
+                seq=i,
+                interval_us=1000,
+                timestamp_us=i * samples * 1000,
+            )
+        )
+        for i in range(64)
+    ]
+    read_buf = bytearray(max(len(w) for w in wires) + 16)
+    read_view = memoryview(read_buf)
+    decoder = FrameDecoder()
+    window = SlidingWindow(100, 100, channels, np.float32, capacity=max(200, samples + 100))
+    queue = WindowQueue(4, 100, channels, np.float32)
+    pre = Preprocessor(Preprocess.from_sidecar(SIDECAR), 100, channels, model.inputs[0], np.float32)
+    results = 0
+
+    def one(i: int) -> None:
+        nonlocal results
+        wire = wires[i % len(wires)]
+        n = len(wire)
+        read_view[:n] = wire  # stands for readv() filling the read buffer (memoryview: no temporary)
+        for frame in decoder.feed(read_buf, 0, n):
+            for view, ts in window.push(frame.values(), frame.timestamp_us, frame.interval_us):
+                queue.put(view, 0, window.windows, ts, 0)
+                slot = queue.get(0)
+                if slot is not None:
+                    model.infer_in_place(lambda dst, s=slot: pre(s.data, dst))
+                    queue.release(slot)
+                    results += 1
+
+    for i in range(500):  # warm-up: every lazily created object exists after this
+        one(i)
+    tracemalloc.start()
+    base_current, _ = tracemalloc.get_traced_memory()
+    peak_extra = 0
+    for i in range(frames):
+        tracemalloc.reset_peak()
+        before, _ = tracemalloc.get_traced_memory()
+        one(i)
+        _, peak = tracemalloc.get_traced_memory()
+        peak_extra = max(peak_extra, peak - before)
+    end_current, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {
+        "payload_bytes": samples * channels * 4,
+        "frames": frames,
+        "windows_inferred": results,
+        "net_growth_bytes_per_frame": round((end_current - base_current) / frames, 3),
+        "max_transient_bytes_per_frame": peak_extra,
+        "decoder_errors": decoder.stats.crc_errors + decoder.stats.malformed,
+    }
+
+
+def overhead(model: er.Model, windows: int) -> dict[str, Any]:
+    """Two real threads; a paced source so the queue is mostly empty (no queueing delay)."""
+    src = open_source(f"synthetic:sine?channels=6&rate=20000&frame=100&count={windows}")
+    stream = Stream(model, src, preprocess=Preprocess.from_sidecar(SIDECAR))
+    overheads = [r.latency_us - r.invoke_us for r in stream.results()]
+    st = stream.stats
+    return {
+        "windows": st.results,
+        "dropped": st.dropped,
+        "overhead_p50_us": round(float(np.median(overheads)), 1),
+        "overhead_p90_us": round(float(np.percentile(overheads, 90)), 1),
+        "preprocess_invoke_p50_us": round(st.invoke_p50_us, 1),
+    }
+
+
+def pty_throughput(model: er.Model, seconds: float) -> dict[str, Any]:
+    rec = np.random.default_rng(1).standard_normal((400_000, 6)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        emu = Emulator(rec, rate_hz=None, sample_rate_hz=1000, frame_samples=10, link=Path(tmp) / "tty")
+        src = open_source(emu.address)
+        stream = Stream(model, src, window=100, hop=100, preprocess=Preprocess.from_sidecar(SIDECAR), queue_slots=16)
+        stop = threading.Event()
+
+        def play() -> None:
+            assert emu.pty is not None
+            emu.pty.wait_for_reader(emu.stop)
+            t0 = time.perf_counter()
+            threading.Timer(seconds, emu.stop.set).start()
+            emu.run()
+            play.elapsed = time.perf_counter() - t0  # type: ignore[attr-defined]
+            time.sleep(0.3)
+            stop.set()
+
+        t = threading.Thread(target=play, daemon=True)
+        t.start()
+        for _ in stream.results(stop=stop):
+            pass
+        t.join()
+        emu.close()
+    st = stream.stats
+    dec = st.source["decoder"]
+    elapsed = play.elapsed  # type: ignore[attr-defined]
+    return {
+        "seconds": round(elapsed, 2),
+        "frames_sent": emu.stats.frames,
+        "frames_received": dec["frames"],
+        "good_frames_lost": emu.stats.frames - dec["frames"],
+        "frames_per_s": round(dec["frames"] / elapsed),
+        "mb_per_s": round(dec["bytes"] / elapsed / 1e6, 2),
+        "bad_frames": dec["crc_errors"] + dec["malformed"] + dec["oversize"],
+        "windows": st.windows,
+        "results": st.results,
+        "windows_dropped": st.dropped,
+        "latency_p50_us": round(st.latency_p50_us, 1),
+        "latency_p99_us": round(st.latency_p99_us, 1),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=10_000, help="frames per allocation run (default 10000)")
+    ap.add_argument("--windows", type=int, default=2000, help="windows for the overhead run (default 2000)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of the pty run (default 5)")
+    ap.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args()
+
+    model = er.load(MODEL, "litert:cpu", num_threads=args.threads)
+    print("allocations ...", file=sys.stderr, flush=True)
+    alloc = [allocations(64, args.frames, model), allocations(65536, args.frames, model)]
+    print("overhead ...", file=sys.stderr, flush=True)
+    over = overhead(model, args.windows)
+    print("pty ...", file=sys.stderr, flush=True)
+    pty = pty_throughput(model, args.seconds)
+    model.close()
+    meta = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {platform.processor()}".strip(),
+        "python": platform.python_version(),
+        "model": MODEL.name,
+        "device": "litert:cpu",
+        "threads": args.threads,
+    }
+    targets = {
+        "no allocation growing with frame size": alloc[1]["max_transient_bytes_per_frame"]
+        <= alloc[0]["max_transient_bytes_per_frame"] + 1024,
+        "under 1 KiB per frame": all(a["max_transient_bytes_per_frame"] < 1024 for a in alloc),
+        "no leak": all(a["net_growth_bytes_per_frame"] < 1 for a in alloc),
+        "overhead p50 <= 20 us": over["overhead_p50_us"] <= 20,
+        "no good frame lost through the pty": pty["good_frames_lost"] == 0,
+    }
+    if args.json:
+        print(
+            json.dumps({"meta": meta, "allocations": alloc, "overhead": over, "pty": pty, "targets": targets}, indent=2)
+        )
+        return 0 if all(targets.values()) else 1
+    print(
+        f"streaming benchmark ({meta['date']}, {meta['machine']}, python {meta['python']}, "
+        f"{meta['model']} on litert:cpu, {args.threads} thread)\n"
+    )
+    print("allocations (tracemalloc, synchronous decode -> window -> queue -> preprocess -> invoke)")
+    for a in alloc:
+        print(
+            f"  payload {a['payload_bytes']:6d} B: {a['frames']} frames, {a['windows_inferred']} windows inferred, "
+            f"net growth {a['net_growth_bytes_per_frame']} B/frame, "
+            f"largest transient {a['max_transient_bytes_per_frame']} B/frame"
+        )
+    print(
+        f"\npipeline overhead per window (end-to-end minus preprocess+invoke), {over['windows']} windows: "
+        f"p50 {over['overhead_p50_us']} us, p90 {over['overhead_p90_us']} us "
+        f"(preprocess+invoke p50 {over['preprocess_invoke_p50_us']} us)"
+    )
+    print(
+        f"\npty at full speed for {pty['seconds']} s: {pty['frames_received']} frames "
+        f"({pty['frames_per_s']} frames/s, {pty['mb_per_s']} MB/s), good frames lost {pty['good_frames_lost']}, "
+        f"bad frames {pty['bad_frames']}; windows {pty['windows']}, results {pty['results']}, "
+        f"dropped {pty['windows_dropped']}; latency last byte -> result p50 {pty['latency_p50_us']} us, "
+        f"p99 {pty['latency_p99_us']} us"
+    )
+    print("\ntargets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in targets.items()))
+    return 0 if all(targets.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
