@@ -40,7 +40,7 @@ DTYPE_CODES: dict[str, int] = {dt.name: code for code, dt in DTYPES.items()}
 _CRC = struct.Struct("<I")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Frame:
     """One decoded frame.
 
@@ -220,6 +220,8 @@ class FrameDecoder:
         self._discarding = False  # dropping an oversize frame up to its 0x00
         self._out = bytearray(MAX_FRAME)
         self._out_view = memoryview(self._out)
+        self._fed: bytes | bytearray | None = None
+        self._fed_view = memoryview(b"")
         self.stats = DecoderStats()
 
     def reset(self) -> None:
@@ -235,7 +237,9 @@ class FrameDecoder:
         """
         stop = len(data) if end is None else end
         self.stats.bytes += stop - start
-        view = memoryview(data)
+        if data is not self._fed:  # the reader passes the same buffer every time: one view for it
+            self._fed, self._fed_view = data, memoryview(data)
+        view = self._fed_view
         pending = self._pending_view  # memoryview: slice assignment without a temporary copy
         cap = len(pending)
         pos = start
