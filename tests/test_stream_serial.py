@@ -253,3 +253,24 @@ def test_emulator_pty_path_is_a_tty() -> None:
         assert not pty.reader_attached()
     finally:
         pty.close()
+
+
+def test_spy_url_reads_through_pyserials_handler(link: Path, tmp_path: Path) -> None:
+    """spy:// wraps the port and logs what it reads: our reader must go through its read()."""
+    log_file = tmp_path / "spy.log"
+    emu = Emulator(recording(50), rate_hz=2000, sample_rate_hz=100, frame_samples=10, link=link)
+    src = SerialSource(f"spy://{link}?file={log_file}")
+    got = Collector()
+    run_pair(emu, src, got)
+    assert [s for s, _, _ in got.frames] == list(range(5))
+    assert log_file.read_text().count("RX") > 0, "the spy handler saw the bytes"
+
+
+def test_npy_recording_replay(tmp_path: Path) -> None:
+    path = tmp_path / "rec.npy"
+    np.save(path, recording(95))
+    src = open_source(f"file:{path}?speed=max&frame=10&rate=50")
+    got = Collector()
+    src.run(got, threading.Event())
+    assert [(s, n) for s, _, n in got.frames] == [(i, 10) for i in range(9)] + [(9, 5)]
+    assert got.bad_payload == 0

@@ -185,7 +185,8 @@ class SerialSource:
         buf = self._buf
         decoder = self.decoder
         stats = self.stats
-        fd = port.fileno() if hasattr(port, "fileno") and isinstance(port, serial.Serial) else None
+        # The fd fast path only for a plain port: subclasses (spy://, rfc2217://) do their work in read().
+        fd = port.fileno() if type(port) is serial.Serial else None
         poller = select.poll() if fd is not None else None
         if poller is not None and fd is not None:
             poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
