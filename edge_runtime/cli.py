@@ -223,6 +223,8 @@ def _run_stream(
     if args.baud:
         options["baudrate"] = args.baud
     source = open_source(url, **options)
+    # A replay or a generator is finite and can wait for inference; a live sensor cannot.
+    policy = args.policy or ("block" if url.startswith(("file:", "synthetic:")) else "drop-oldest")
     stream = Stream(
         model,
         source,
@@ -230,7 +232,7 @@ def _run_stream(
         hop=args.hop,
         preprocess=pre,
         queue_slots=args.queue,
-        policy=args.policy,
+        policy=policy,
         labels=labels,
     )
     kept: list[Any] = []
@@ -240,9 +242,14 @@ def _run_stream(
             f"preprocess {pre.describe()}",
             file=sys.stderr,
         )
-    for r in stream.results(max_results=args.max_results, duration_s=args.duration, stop=stop):
-        kept.append(r)
-        print(json.dumps(r.to_dict()) if args.json else _result_line(r), flush=True)
+    results = stream.results(max_results=args.max_results, duration_s=args.duration, stop=stop)
+    try:
+        for r in results:
+            kept.append(r)
+            print(json.dumps(r.to_dict()) if args.json else _result_line(r), flush=True)
+    except KeyboardInterrupt:  # Ctrl-C ends a live stream: the summary still counts
+        results.close()
+        args.interrupted = True
     return stream.stats, kept
 
 
@@ -253,14 +260,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps({"summary": stats.as_dict()}))
     else:
         print("\n" + _summary_text(stats, {}))
-    return 0
+    return 130 if getattr(args, "interrupted", False) else 0
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
     from .hil.emulator import Emulator, Faults, load_recording
 
     values, recorded_rate = load_recording(args.recording)
-    rate = None if args.rate == "max" else float(args.rate) if args.rate else recorded_rate
+    try:
+        rate = None if args.rate == "max" else float(args.rate) if args.rate else recorded_rate
+    except ValueError:
+        print(f"edge-runtime: error: --rate takes samples per second or 'max', got {args.rate!r}", file=sys.stderr)
+        return 2
+    if rate is not None and not rate > 0:
+        print(f"edge-runtime: error: --rate must be > 0 (or 'max'), got {args.rate}", file=sys.stderr)
+        return 2
     faults = Faults(
         garbage_every=args.garbage_every,
         flip_every=args.flip_every,
@@ -416,8 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--policy",
             choices=["drop-oldest", "block"],
-            default="drop-oldest",
-            help="when the queue is full: drop the oldest window (counted) or block the reader",
+            default=None,
+            help="when the queue is full: drop the oldest window (counted) or block the reader "
+            "(default: block for file: and synthetic: sources, drop-oldest for live ports)",
         )
         p.add_argument("--max-results", type=int, default=None, help="stop after N results")
         p.add_argument("--duration", type=float, default=None, help="stop after S seconds")

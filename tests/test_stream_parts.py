@@ -130,3 +130,18 @@ def test_queue_close_drains_then_stops() -> None:
     assert q.get(0.1) is not None
     assert q.get(0.1) is None and q.get(0) is None
     assert not q.put(np.zeros((1, 1), np.float32), 0, 1, 0, 0)
+
+
+def test_window_capacity_must_hold_a_window_and_a_hop() -> None:
+    with pytest.raises(ValueError, match="capacity 3 must hold a window \\(2\\) and a hop \\(5\\)"):
+        SlidingWindow(2, 5, 1, np.float32, capacity=3)
+    w = SlidingWindow(2, 5, 1, np.float32, capacity=5)
+    got = [v[:, 0].tolist() for v, _ in w.push(ramp(0, 20, 1))]
+    assert got == [[0.0, 1.0], [5.0, 6.0], [10.0, 11.0], [15.0, 16.0]]
+
+
+def test_decoded_payloads_are_read_only() -> None:
+    from edge_runtime.stream.codec import FrameDecoder, encode_frame, make_frame
+
+    (frame,) = list(FrameDecoder().feed(encode_frame(make_frame(np.ones((2, 3), np.int16)))))
+    assert frame.payload.readonly and not frame.values().flags.writeable

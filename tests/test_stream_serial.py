@@ -33,9 +33,11 @@ def recording(n: int) -> np.ndarray:
 class Collector:
     def __init__(self) -> None:
         self.frames: list[tuple[int, int, int]] = []  # (seq, first value, samples)
+        self.arrivals: list[int] = []  # perf_counter_ns
         self.bad_payload = 0
 
     def __call__(self, frame: Frame, arrival_ns: int) -> None:
+        self.arrivals.append(arrival_ns)
         v = frame.values()
         first = int(v[0, 0]) if frame.samples else -1
         if frame.samples and not np.array_equal(v.ravel(), np.arange(first, first + v.size, dtype=np.float32)):
@@ -137,6 +139,9 @@ def test_silent_device_warns_and_does_not_hang(link: Path, caplog: pytest.LogCap
     assert src.stats.stale_warnings >= 1
     assert "no frame for" in caplog.text
     assert [s for s, _, _ in got.frames] == list(range(60)), "the stream resumes after the silence"
+    gaps = np.diff(got.arrivals) / 1e9
+    assert gaps[19] > 0.6, "the pause is a silence"
+    assert np.median(gaps[20:30]) > 0.002, "after it the old pace (3.3 ms a frame), not a catch-up burst"
 
 
 def test_unplug_mid_frame_and_replug(link: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -215,13 +220,17 @@ def test_socket_url_is_just_another_address() -> None:
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     port = server.getsockname()[1]
-    wire = b"\x00" + b"".join(encode_frame(make_frame(recording(100)[i * 10 : (i + 1) * 10], seq=i)) for i in range(10))
+
+    frames = [encode_frame(make_frame(recording(100)[i * 10 : (i + 1) * 10], seq=i)) for i in range(10)]
 
     def serve() -> None:
         conn, _ = server.accept()
         time.sleep(0.2)  # after the reader's flush on open
-        conn.sendall(wire)
-        time.sleep(0.5)
+        conn.sendall(b"\x00")
+        for f in frames:  # one frame every 20 ms
+            conn.sendall(f)
+            time.sleep(0.02)
+        time.sleep(0.3)
         conn.close()
 
     threading.Thread(target=serve, daemon=True).start()
@@ -237,6 +246,8 @@ def test_socket_url_is_just_another_address() -> None:
     reader.join(5)
     server.close()
     assert [s for s, _, _ in got.frames] == list(range(10))
+    spacing = np.diff(got.arrivals) / 1e6
+    assert np.median(spacing) > 10, f"frames handed on as they arrive, not in 50 ms batches: {spacing}"
 
 
 def _run_quiet(src: Any, got: Collector, stop: threading.Event) -> None:

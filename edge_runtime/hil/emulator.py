@@ -238,7 +238,9 @@ class Emulator:
                     self.stats.dropped += 1
                     self.stats.damaged_frames.append(seq)
                 if f.pause_at and seq == f.pause_at:
+                    paused = time.perf_counter()
                     self.stop.wait(f.pause_s)
+                    t0 += time.perf_counter() - paused  # silence, then the old pace: no catch-up burst
                 if f.disconnect_at and seq == f.disconnect_at and self.pty is not None:
                     self._reconnect(f.disconnect_s, half=bytes(wire[: len(wire) // 2]))
                     self.stats.damaged_frames.append(seq)

@@ -220,6 +220,7 @@ class FrameDecoder:
         self._discarding = False  # dropping an oversize frame up to its 0x00
         self._out = bytearray(MAX_FRAME)
         self._out_view = memoryview(self._out)
+        self._out_ro = self._out_view.toreadonly()  # what frames see: payloads are read-only
         self._fed: bytes | bytearray | None = None
         self._fed_view = memoryview(b"")
         self.stats = DecoderStats()
@@ -293,6 +294,5 @@ class FrameDecoder:
                 stats.gaps += missing
         stats.last_seq[stream] = seq
         stats.frames += 1
-        return Frame(
-            stream, seq, ts, interval, dtype, channels, samples, out[HEADER_SIZE : HEADER_SIZE + payload_len], flags
-        )
+        payload = self._out_ro[HEADER_SIZE : HEADER_SIZE + payload_len]
+        return Frame(stream, seq, ts, interval, dtype, channels, samples, payload, flags)

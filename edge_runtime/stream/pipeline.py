@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from ..model import Model
 from ..tensors import dequantize
 from .codec import Frame
 from .preprocess import Preprocess, Preprocessor
-from .queue import DROP_OLDEST, Slot, WindowQueue
+from .queue import DROP_OLDEST, POLICIES, Slot, WindowQueue
 from .sources import Source
 from .window import SlidingWindow
 
@@ -80,7 +80,7 @@ class StreamStats:
     results: int = 0
     dropped: int = 0
     gaps_reset: int = 0
-    format_changes: int = 0
+    format_mismatch: int = 0
     latency_p50_us: float = 0.0
     latency_p99_us: float = 0.0
     invoke_p50_us: float = 0.0
@@ -97,7 +97,9 @@ class Stream:
     ``preprocess``: what to do before quantization (default: nothing). ``queue_slots``
     and ``policy`` (``drop-oldest`` or ``block``) bound the queue between the threads;
     every drop is counted. ``labels`` name the output classes. ``stream_id``: take only
-    that stream (default: every stream, each with its own windows).
+    that stream (default: every stream, each with its own windows). The first frame fixes
+    the sample format (channels, dtype); frames of another format are skipped and counted
+    in ``stats.format_mismatch``.
     """
 
     def __init__(
@@ -120,25 +122,36 @@ class Stream:
             if len(spec.shape) < 2:
                 raise InputError(f"cannot infer a window size from input shape {spec.shape}: pass window=")
             window = spec.shape[1]
+        for name, value in (("window", window), ("hop", hop if hop is not None else 1), ("queue", queue_slots)):
+            if value < 1:
+                raise InputError(f"{name} must be at least 1, got {value}")
+        if policy not in POLICIES:
+            raise InputError(f"unknown queue policy {policy!r}; expected one of {', '.join(POLICIES)}")
         self.model = model
         self.source = source
         self.window = window
-        self.hop = hop or window
+        self.hop = hop if hop is not None else window
         self.preprocess = preprocess or Preprocess()
         self.labels = list(labels) if labels else None
         self.stream_id = stream_id
         self.queue_slots = queue_slots
         self.policy = policy
         self.stats = StreamStats()
+        self._out_spec = model.outputs[0]
+        self._latency = np.zeros(_LATENCY_RING, dtype=np.float64)
+        self._invoke = np.zeros(_LATENCY_RING, dtype=np.float64)
+        self._reset()
+
+    def _reset(self) -> None:
+        """Per-run state: every ``results()`` call starts from nothing."""
+        self.stats = StreamStats()
         self._windows: dict[int, SlidingWindow] = {}
         self._last_seq: dict[int, int] = {}
+        self._format: tuple[int, np.dtype[Any]] | None = None  # (channels, dtype), set by the first frame
         self._queue: WindowQueue | None = None
         self._pre: Preprocessor | None = None
         self._slot: Slot | None = None
-        self._latency = np.zeros(_LATENCY_RING, dtype=np.float64)
-        self._invoke = np.zeros(_LATENCY_RING, dtype=np.float64)
         self._reader_error: BaseException | None = None
-        self._out_spec = model.outputs[0]
 
     # -- reader thread -------------------------------------------------------------
     def _on_frame(self, frame: Frame, arrival_ns: int) -> None:
@@ -146,11 +159,24 @@ class Stream:
         if self.stream_id is not None and sid != self.stream_id:
             return
         self.stats.frames += 1
+        if self._format is None:
+            self._start(frame)
+        elif frame.channels != self._format[0] or frame.dtype != self._format[1]:
+            # One model input, one preprocessing: a frame of another shape or type cannot join.
+            if not self.stats.format_mismatch:
+                log.warning(
+                    "edge_runtime: stream %d sends %d x %s, the stream started as %d x %s: skipped",
+                    sid,
+                    frame.channels,
+                    frame.dtype,
+                    self._format[0],
+                    self._format[1],
+                )
+            self.stats.format_mismatch += 1
+            return
         win = self._windows.get(sid)
-        if win is None or win.channels != frame.channels or win.dtype != frame.dtype:
-            if win is not None:
-                self.stats.format_changes += 1
-            win = self._new_window(frame)
+        if win is None:
+            win = self._windows[sid] = SlidingWindow(self.window, self.hop, frame.channels, frame.dtype)
         last = self._last_seq.get(sid)
         if last is not None and frame.seq != (last + 1) & 0xFFFFFFFF:
             self.stats.gaps_reset += 1  # samples are missing: a window must not straddle the hole
@@ -161,25 +187,19 @@ class Stream:
         for view, ts in win.push(frame.values(), frame.timestamp_us, frame.interval_us):
             self.stats.windows += 1
             while not queue.put(view, sid, win.windows - 1, ts, arrival_ns, timeout=0.1):
-                if self._stop.is_set():
+                if self._stop.is_set() or queue.closed:
                     return
             # Hand the GIL to the inference thread now, rather than when this thread next
             # blocks (sched_yield releases it; time.sleep(0) would also, but costs ~65 us of
             # timer slack here). Measured by scripts/bench_stream.py.
             os.sched_yield()
 
-    def _new_window(self, frame: Frame) -> SlidingWindow:
-        win = SlidingWindow(self.window, self.hop, frame.channels, frame.dtype)
-        self._windows[frame.stream_id] = win
-        if self._queue is None or self._queue_fmt != (frame.channels, frame.dtype):
-            self._queue = self._make_queue(frame.channels, frame.dtype)
-        return win
-
-    def _make_queue(self, channels: int, dtype: np.dtype[Any]) -> WindowQueue:
-        self._pre = Preprocessor(self.preprocess, self.window, channels, self.model.inputs[0], dtype)
-        self._queue_fmt = (channels, dtype)
+    def _start(self, frame: Frame) -> None:
+        """The first frame fixes the format: make the preprocessor and the queue for it."""
+        self._pre = Preprocessor(self.preprocess, self.window, frame.channels, self.model.inputs[0], frame.dtype)
+        self._format = (frame.channels, frame.dtype)
+        self._queue = WindowQueue(self.queue_slots, self.window, frame.channels, frame.dtype, self.policy)
         self._ready.set()
-        return WindowQueue(self.queue_slots, self.window, channels, dtype, self.policy)
 
     def _reader(self) -> None:
         try:
@@ -208,6 +228,7 @@ class Stream:
         label = self.labels[idx] if self.labels and idx < len(self.labels) else str(idx)
         latency = (t1 - slot.arrival_ns) / 1e3
         invoke = (t1 - t0) / 1e3
+        self.stats.dropped = self._queue.dropped if self._queue is not None else 0
         n = self.stats.results % _LATENCY_RING
         self._latency[n] = latency
         self._invoke[n] = invoke
@@ -230,9 +251,10 @@ class Stream:
         max_results: int | None = None,
         duration_s: float | None = None,
         stop: threading.Event | None = None,
-    ) -> Iterator[StreamResult]:
+    ) -> Generator[StreamResult, None, None]:
         """Start the reader and yield results until the source ends, a limit is reached, ``stop`` is set,
         or the caller stops iterating. Windows still queued when ``stop`` is set are delivered first."""
+        self._reset()
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._reader_done = threading.Event()

@@ -3,7 +3,9 @@
 A window of raw samples goes through channel selection, ``(x - offset) / scale`` per
 channel, and quantization to the input's int8/uint8 scale and zero point, fused into
 one affine map ``q = rint(x * a + b)`` computed in one preallocated float32 scratch
-buffer. The only write into the model's memory is the final ``copyto`` into the
+buffer. (``tensors.quantize`` computes ``rint(x / s) + zp``; with the zero point folded
+in, a value within float error of a half step can round the other way: one step, about
+once in a million values on the shipped model.) The only write into the model's memory is the final ``copyto`` into the
 input tensor: that is the one unavoidable copy of a window's data, and it is where
 the float values become the model's integers.
 """

@@ -132,6 +132,10 @@ class WindowQueue:
                 self._ready.put(_CLOSED)
             self._freed.notify_all()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def __len__(self) -> int:
         """Windows queued (a close marker counts as none)."""
         return max(0, self._ready.qsize() - (1 if self._closed else 0))

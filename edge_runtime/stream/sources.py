@@ -69,6 +69,22 @@ def _query(text: str) -> tuple[str, dict[str, str]]:
     return base, dict(parse_qsl(query, keep_blank_values=True))
 
 
+def _number(
+    q: dict[str, str], key: str, default: Any, url: str, *, integer: bool = False, zero_ok: bool = False
+) -> Any:
+    """``q[key]`` as a number (> 0, or >= 0 with ``zero_ok``), or ``default``; a SourceError otherwise."""
+    if key not in q:
+        return default
+    try:
+        value = int(q[key]) if integer else float(q[key])
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise SourceError(f"{key}={q[key]!r} in {url!r} is not {kind}", device=url) from None
+    if value < 0 or (value == 0 and not zero_ok) or value != value:
+        raise SourceError(f"{key}={q[key]!r} in {url!r} must be {'>= 0' if zero_ok else '> 0'}", device=url)
+    return value
+
+
 def open_source(url: str, **options: Any) -> Source:
     """The source for ``url``: ``synthetic:KIND?...``, ``file:PATH?...``, or a serial port.
 
@@ -107,12 +123,15 @@ class SerialSource:
         **serial_options: Any,
     ) -> None:
         base, query = _query(url) if "://" not in url or "?baud=" in url or "&baud=" in url else (url, {})
-        baud = query.pop("baud", None)
+        baud = _number(query, "baud", baudrate or 115200, url, integer=True)
+        query.pop("baud", None)
         if query:  # other query parameters belong to pyserial's URL handlers
             base = base + "?" + "&".join(f"{k}={v}" for k, v in query.items())
+        if not base:
+            raise SourceError("empty source address", device=url)
         self.url = url
         self.port_url = base
-        self.baudrate = int(baud) if baud else (baudrate or 115200)
+        self.baudrate = baud
         self.reconnect = reconnect
         self.backoff_s = backoff_s
         self.stale_after_s = stale_after_s
@@ -138,7 +157,9 @@ class SerialSource:
                 )
                 port.open()
                 port.reset_input_buffer()  # flush what piled up while nobody read
-            except (serial.SerialException, OSError, ValueError) as exc:
+            except ValueError as exc:  # not a port pyserial knows (unknown scheme, bad option): final
+                raise SourceError(f"not a usable serial address: {exc}", device=self.port_url) from exc
+            except (serial.SerialException, OSError) as exc:
                 self.stats.open_failures += 1
                 msg = str(exc)
                 busy = "exclusively lock" in msg or "Resource temporarily unavailable" in msg or "busy" in msg.lower()
@@ -183,6 +204,7 @@ class SerialSource:
         import serial
 
         buf = self._buf
+        view = memoryview(buf)
         decoder = self.decoder
         stats = self.stats
         # The fd fast path only for a plain port: subclasses (spy://, rfc2217://) do their work in read().
@@ -204,7 +226,11 @@ class SerialSource:
                         if n == 0:
                             return "the port reports data but returns none (unplugged or closed)"
                 else:
-                    n = port.readinto(buf)
+                    # Handlers without a file descriptor (socket://, loop://, spy://, rfc2217://):
+                    # take what is waiting (at least one byte, else wait up to the 50 ms timeout)
+                    # so a frame is handed on when it arrives, not when 64 KiB have.
+                    want = min(len(buf), max(1, port.in_waiting))
+                    n = port.readinto(view[:want])
             except (serial.SerialException, OSError) as exc:
                 return f"{type(exc).__name__}: {exc}"
             now = time.monotonic()
@@ -247,10 +273,10 @@ class FileSource:
     """Replays a recording: ``file:PATH.csv`` or ``file:PATH.npy``, with query options.
 
     ``rate=HZ`` (samples per second; default: the CSV's ``timestamp_us`` column, else
-    100), ``speed=max`` (as fast as the consumer takes them) or ``speed=K`` (K times the
-    recorded rate), ``frame=N`` samples per frame (default 10), ``loop=1`` to repeat,
-    ``stream=ID``. CSV columns named ``timestamp_us`` and ``label`` are not channels;
-    the labels are kept in ``labels`` (one per row) for scoring.
+    100), ``speed=max`` (as fast as it can: use the ``block`` queue policy to keep every
+    window) or ``speed=K`` (K times the recorded rate), ``frame=N`` samples per frame
+    (default 10), ``loop=1`` to repeat, ``stream=ID``. CSV columns named ``timestamp_us``
+    and ``label`` are not channels; the labels are kept in ``labels`` (one per row).
     """
 
     def __init__(self, url: str, **_: Any) -> None:
@@ -260,17 +286,17 @@ class FileSource:
         self.stats = SourceStats()
         self.labels: list[str] | None = None
         self.values, stamps = self._load()
-        self.frame_samples = int(q.get("frame", 10))
+        self.frame_samples = _number(q, "frame", 10, url, integer=True)
         self.loop = q.get("loop", "0") not in ("0", "", "false")
-        self.stream_id = int(q.get("stream", 0))
+        self.stream_id = _number(q, "stream", 0, url, integer=True, zero_ok=True)
         recorded = None
         if stamps is not None and len(stamps) > 1:
             recorded = 1e6 / float(np.median(np.diff(stamps)))
-        self.recorded_rate = float(q["rate"]) if "rate" in q else (recorded or 100.0)
+        self.recorded_rate = _number(q, "rate", recorded or 100.0, url)
         speed = q.get("speed", "1")
-        self.play_rate: float | None = None if speed == "max" else self.recorded_rate * float(speed)
-        if self.frame_samples < 1 or not self.values.size:
-            raise SourceError("recording is empty or frame < 1", path=str(self.path))
+        self.play_rate: float | None = None if speed == "max" else self.recorded_rate * _number(q, "speed", 1.0, url)
+        if not self.values.size:
+            raise SourceError("recording is empty", path=str(self.path))
 
     def _load(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64] | None]:
         if not self.path.is_file():
@@ -346,15 +372,17 @@ class SyntheticSource:
             raise SourceError(f"unknown synthetic signal {kind!r}: expected sine or ramp", device=url)
         self.url = url
         self.kind = kind
-        self.channels = int(q.get("channels", 3))
-        self.rate = float(q.get("rate", 100))
-        self.frame_samples = int(q.get("frame", 10))
-        self.count = int(q["count"]) if "count" in q else None
-        self.freq = float(q.get("freq", 1.0))
-        self.noise = float(q.get("noise", 0.0))
-        self.stream_id = int(q.get("stream", 0))
+        self.channels = _number(q, "channels", 3, url, integer=True)
+        self.rate = _number(q, "rate", 100.0, url)
+        self.frame_samples = _number(q, "frame", 10, url, integer=True)
+        self.count = _number(q, "count", None, url, integer=True)
+        self.freq = _number(q, "freq", 1.0, url)
+        self.noise = _number(q, "noise", 0.0, url, zero_ok=True)
+        self.stream_id = _number(q, "stream", 0, url, integer=True, zero_ok=True)
+        if q.get("dtype", "float32") not in ("float32", "int16"):
+            raise SourceError(f"dtype={q['dtype']!r} in {url!r}: expected float32 or int16", device=url)
         self.dtype = np.dtype(q.get("dtype", "float32"))
-        self.rng = np.random.default_rng(int(q.get("seed", 0)))
+        self.rng = np.random.default_rng(_number(q, "seed", 0, url, integer=True, zero_ok=True))
         self.play_rate = None if q.get("speed") == "max" else self.rate
         self.stats = SourceStats()
         self._buf = np.zeros((self.frame_samples, self.channels), dtype=self.dtype)

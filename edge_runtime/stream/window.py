@@ -30,8 +30,8 @@ class SlidingWindow:
         self.hop = hop
         self.channels = channels
         self.capacity = capacity or size + hop
-        if self.capacity < size:
-            raise ValueError("capacity must hold at least one window")
+        if self.capacity < max(size, hop):
+            raise ValueError(f"capacity {self.capacity} must hold a window ({size}) and a hop ({hop})")
         self._buf = np.zeros((2 * self.capacity, channels), dtype=dtype)
         self._ro = self._buf.view()
         self._ro.flags.writeable = False
