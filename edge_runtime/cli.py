@@ -113,7 +113,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         text = (
             f"model:     {model.path} ({model.format}, {model.size_bytes} bytes, {model.op_count} ops)\n"
             f"backend:   {model.backend}\n"
-            f"device:    {model.device}  ({model.device_info.full_name})\n"
+            f"device:    {model.device}  ({model.device_info.full_name}; runs on "
+            f"{', '.join(desc['execution_devices']) or '?'})\n"
             f"why:       {model.reason}\n"
             f"passed over:\n{passed}\n\n"
             f"inputs:\n{_table(_spec_rows(model.inputs), header)}\n\n"

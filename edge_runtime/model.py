@@ -95,6 +95,19 @@ class Model:
         refuses to invoke while one is alive). Returns raw outputs, as ``infer_raw``.
         """
         session = self.session
+        if not session.capabilities.writable_inputs:  # a backend without its own buffers: one copy
+            spec = self.inputs[index]
+            buf = np.empty(spec.shape, spec.dtype)
+            fill(buf)
+            arrays = [buf] if len(self.inputs) == 1 else None
+            if arrays is None:
+                raise InputError(
+                    "infer_in_place needs writable input buffers for multi-input models",
+                    path=str(self.path),
+                    backend=self.backend,
+                    device=self.device,
+                )
+            return session.run(arrays)
         view = session.input_buffer(index)
         fill(view)
         del view
@@ -157,6 +170,7 @@ class Model:
             "device": self.device,
             "device_full_name": self.device_info.full_name,
             "device_kind": self.device_info.kind,
+            "execution_devices": list(self.session.execution_devices) if self._session else [],
             "reason": self.reason,
             "passed_over": list(self.attempts),
             "op_count": self.op_count,

@@ -242,3 +242,22 @@ def test_num_threads_is_checked_before_loading(digits_model: Path, bad: Any) -> 
 def test_empty_request_list_is_a_request_error(tmp_path: Path) -> None:
     with pytest.raises(er.DeviceRequestError, match="empty device request list"):
         er.load(tmp_path / "never-read.tflite", [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_infer_in_place_writes_the_tensor_or_falls_back_to_one_copy(digits_model: Path, backend: str) -> None:
+    from edge_runtime.backends.base import Capabilities
+
+    with er.load(digits_model, DEVICE[backend]) as model:
+        x = random_input(model.inputs[0], 9)
+        expected = model.infer_raw(x)[0]
+
+        def fill(dst: np.ndarray[Any, Any]) -> None:
+            assert dst.shape == x.shape and dst.dtype == x.dtype
+            dst[...] = x
+
+        np.testing.assert_array_equal(model.infer_in_place(fill)[0], expected)
+        assert model.session.capabilities.writable_inputs
+        model.session.capabilities = Capabilities(writable_inputs=False)  # as a backend without buffers
+        np.testing.assert_array_equal(model.infer_in_place(fill)[0], expected)
+        assert model.describe()["execution_devices"] == ["CPU" if backend == "openvino" else "litert:cpu"]

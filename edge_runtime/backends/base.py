@@ -40,6 +40,8 @@ class Session(ABC):
     capabilities: Capabilities = Capabilities()
     #: Number of operators in the model as this backend sees it (None: unknown).
     op_count: int | None = None
+    #: Where the model really runs (OpenVINO's EXECUTION_DEVICES, e.g. for AUTO); () if unknown.
+    execution_devices: tuple[str, ...] = ()
 
     @abstractmethod
     def run(self, arrays: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:

@@ -257,6 +257,7 @@ class LiteRTSession(Session):
         self._in_idx = [int(d["index"]) for d in ins]
         self._out_idx = [int(d["index"]) for d in outs]
         self._where = where
+        self.execution_devices = (self.device,)
 
     def input_buffer(self, index: int) -> npt.NDArray[Any]:
         """A view of input ``index``'s tensor memory, made fresh on every call.

@@ -44,7 +44,7 @@ class StreamResult:
     ``timestamp_us``: sensor time of the window's last sample. ``latency_us``: from the
     moment the bytes completing the window's last frame were read to this result
     (queueing, preprocessing and inference included). ``invoke_us``: preprocessing
-    plus the model call alone.
+    plus the model call alone. ``queue_us``: how long the window waited in the queue.
     """
 
     stream_id: int
@@ -56,6 +56,7 @@ class StreamResult:
     scores: tuple[float, ...]
     latency_us: float
     invoke_us: float
+    queue_us: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +69,7 @@ class StreamResult:
             "scores": [round(s, 4) for s in self.scores],
             "latency_us": round(self.latency_us, 1),
             "invoke_us": round(self.invoke_us, 1),
+            "queue_us": round(self.queue_us, 1),
         }
 
 
@@ -243,6 +245,7 @@ class Stream:
             tuple(float(s) for s in scores),
             latency,
             invoke,
+            (t0 - slot.queued_ns) / 1e3,
         )
 
     def results(

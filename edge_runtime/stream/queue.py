@@ -60,7 +60,6 @@ class WindowQueue:
         self._ready: _queue.SimpleQueue[int] = _queue.SimpleQueue()  # queued slot indices, oldest first
         self._closed = False
         self.dropped = 0
-        self.put_count = 0
 
     def _take_free(self, timeout: float | None) -> int | None:
         with self._freed:
@@ -104,7 +103,6 @@ class WindowQueue:
         np.copyto(slot.data, window)  # the copy that frees the reader's ring buffer
         slot.stream_id, slot.seq, slot.timestamp_us, slot.arrival_ns = stream_id, seq, timestamp_us, arrival_ns
         slot.queued_ns = time.perf_counter_ns()
-        self.put_count += 1
         self._ready.put(index)
         return True
 
