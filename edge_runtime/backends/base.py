@@ -55,6 +55,15 @@ class Session(ABC):
         """Run on what was written into ``input_buffer``; outputs as in ``run``."""
         raise NotImplementedError(f"{self.backend} sessions have no writable input buffers")
 
+    def invoke(self) -> None:
+        """Run on what was written into ``input_buffer``; read results with ``output_view``."""
+        raise NotImplementedError(f"{self.backend} sessions have no writable input buffers")
+
+    def output_view(self, index: int) -> npt.NDArray[Any]:
+        """A read-only view of output ``index`` after ``invoke``: valid until this session runs
+        again; drop it before then (LiteRT refuses to invoke while one is alive)."""
+        raise NotImplementedError(f"{self.backend} sessions have no output views")
+
     def input_buffer(self, index: int) -> npt.NDArray[Any]:
         """A writable view of input ``index``'s memory (see ``Capabilities.writable_inputs``)."""
         raise NotImplementedError(f"{self.backend} sessions have no writable input buffers")

@@ -270,7 +270,7 @@ class LiteRTSession(Session):
         view: npt.NDArray[Any] = self._interp.tensor(self._in_idx[index])()
         return view
 
-    def run_prepared(self) -> list[npt.NDArray[Any]]:
+    def invoke(self) -> None:
         interp = self._interp
         if interp is None:
             raise InferenceError("session is closed", path=self._where, backend=NAME, device=self.device)
@@ -278,6 +278,17 @@ class LiteRTSession(Session):
             interp.invoke()
         except (RuntimeError, ValueError) as exc:
             raise InferenceError(f"invoke failed: {exc}", path=self._where, backend=NAME, device=self.device) from exc
+
+    def output_view(self, index: int) -> npt.NDArray[Any]:
+        if self._interp is None:
+            raise InferenceError("session is closed", path=self._where, backend=NAME, device=self.device)
+        view: npt.NDArray[Any] = self._interp.tensor(self._out_idx[index])()
+        return view
+
+    def run_prepared(self) -> list[npt.NDArray[Any]]:
+        self.invoke()
+        interp = self._interp
+        assert interp is not None
         return [interp.get_tensor(idx) for idx in self._out_idx]
 
     def run(self, arrays: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:

@@ -370,7 +370,7 @@ class OpenVINOSession(Session):
             np.copyto(view, arr)  # the one copy in: into the request's own tensor
         return self.run_prepared()
 
-    def run_prepared(self) -> list[npt.NDArray[Any]]:
+    def invoke(self) -> None:
         request = self._request
         if request is None:
             raise InferenceError("session is closed", path=self._where, backend=NAME, device=self.device)
@@ -380,9 +380,21 @@ class OpenVINOSession(Session):
             raise InferenceError(
                 f"infer failed: {_first_line(exc)}", path=self._where, backend=NAME, device=self.device
             ) from exc
+
+    def output_view(self, index: int) -> npt.NDArray[Any]:
+        if self._out_views is not None:
+            view: npt.NDArray[Any] = self._out_views[index]
+            return view
+        assert self._request is not None
+        fresh: npt.NDArray[Any] = self._request.get_output_tensor(index).data
+        return fresh
+
+    def run_prepared(self) -> list[npt.NDArray[Any]]:
+        self.invoke()
         if self._out_views is not None:
             return [v.copy() for v in self._out_views]
-        return [request.get_output_tensor(i).data.copy() for i in range(self._n_out)]
+        assert self._request is not None
+        return [self._request.get_output_tensor(i).data.copy() for i in range(self._n_out)]
 
     def close(self) -> None:
         self._in_views = []
