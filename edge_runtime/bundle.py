@@ -50,8 +50,17 @@ VERSION = 1
 MEASURES = ("max_prob", "margin", "entropy")
 
 _TOP_KEYS = {"format", "version", "name", "labels", "stages", "calibration"}
-_STAGE_KEYS = {"tflite", "openvino", "input", "logits", "carry", "exit",
-               "openvino_input", "openvino_logits", "openvino_carry"}
+_STAGE_KEYS = {
+    "tflite",
+    "openvino",
+    "input",
+    "logits",
+    "carry",
+    "exit",
+    "openvino_input",
+    "openvino_logits",
+    "openvino_carry",
+}
 _EXIT_KEYS = {"measure", "threshold"}
 
 
@@ -160,8 +169,11 @@ def read_manifest(bundle: str | Path) -> Manifest:
     if not isinstance(version, int) or version < 1:
         raise _err(path, "version", f"{version!r} is not a manifest version")
     if version > VERSION:
-        raise _err(path, "version", f"made for manifest version {version}; this edge_runtime reads up to {VERSION}: "
-                   "upgrade edge_runtime")
+        raise _err(
+            path,
+            "version",
+            f"made for manifest version {version}; this edge_runtime reads up to {VERSION}: upgrade edge_runtime",
+        )
     labels = raw.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise _err(path, "labels", "must be a non-empty list of strings")
@@ -196,8 +208,9 @@ def read_manifest(bundle: str | Path) -> Manifest:
             if not isinstance(name, str) or not (path / name).is_file():
                 raise _err(path, f"{where}.{backend}", f"stage file {name!r} is missing")
         ov_names = {k.removeprefix("openvino_"): v for k, v in st.items() if k.startswith("openvino_") and v}
-        stages.append(StageSpec(files["tflite"], files["openvino"], st["input"], st["logits"], st.get("carry"),
-                                rule, ov_names))
+        stages.append(
+            StageSpec(files["tflite"], files["openvino"], st["input"], st["logits"], st.get("carry"), rule, ov_names)
+        )
     calibration = raw.get("calibration")
     if calibration is not None and not isinstance(calibration, dict):
         raise _err(path, "calibration", "must be an object or null")

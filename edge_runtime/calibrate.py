@@ -60,8 +60,9 @@ class Calibration:
         }
 
 
-def collect(model: EarlyExitModel, x: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64],
-                                                                    npt.NDArray[np.float64]]:
+def collect(
+    model: EarlyExitModel, x: npt.NDArray[Any]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """(confidence [exits, N], prediction [exits, N], stage times [stages, N] in us) over samples ``x``."""
     rules = [s.exit for s in model.manifest.stages]
     n_exits = len(rules)
@@ -80,8 +81,12 @@ def collect(model: EarlyExitModel, x: npt.NDArray[Any]) -> tuple[npt.NDArray[np.
 
 
 def evaluate(
-    thresholds: tuple[float, ...], measures: list[str], conf: npt.NDArray[np.float64], pred: npt.NDArray[np.int64],
-    y: npt.NDArray[np.int64], cost: npt.NDArray[np.float64],
+    thresholds: tuple[float, ...],
+    measures: list[str],
+    conf: npt.NDArray[np.float64],
+    pred: npt.NDArray[np.int64],
+    y: npt.NDArray[np.int64],
+    cost: npt.NDArray[np.float64],
 ) -> Evaluation:
     """Accuracy and expected latency if these thresholds had been used on these samples."""
     n_exits, n = conf.shape
@@ -97,8 +102,9 @@ def evaluate(
     cum = np.cumsum(cost)
     rates = tuple(float(np.mean(exit_at == k)) for k in range(n_exits))
     accs = tuple(float(np.mean(correct[exit_at == k])) if np.any(exit_at == k) else None for k in range(n_exits))
-    return Evaluation(tuple(float(t) for t in thresholds), float(correct.mean()), float(cum[exit_at].mean()),
-                      rates, accs)
+    return Evaluation(
+        tuple(float(t) for t in thresholds), float(correct.mean()), float(cum[exit_at].mean()), rates, accs
+    )
 
 
 def choose(
@@ -128,7 +134,7 @@ def choose(
         for _ in range(4):
             for k in range(len(current)):
                 for t in candidates[k]:
-                    trial = tuple([*current[:k], t, *current[k + 1:]])
+                    trial = tuple([*current[:k], t, *current[k + 1 :]])
                     evaluated.append(evaluate(trial, measures, conf, pred, y, cost))
                 ok = [e for e in evaluated if e.accuracy >= bound]
                 current = list(min(ok, key=lambda e: (e.mean_latency_us, -e.accuracy)).thresholds)
@@ -144,8 +150,7 @@ def choose(
 def apply(model: EarlyExitModel, calibration: Calibration, data: str | Path) -> None:
     """Use the chosen thresholds now and write them, with the calibration record, to ``bundle.json``."""
     model.set_thresholds(calibration.chosen.thresholds)
-    write_manifest(with_thresholds(model.manifest, calibration.chosen.thresholds),
-                   calibration.to_manifest(str(data)))
+    write_manifest(with_thresholds(model.manifest, calibration.chosen.thresholds), calibration.to_manifest(str(data)))
     model.manifest = with_thresholds(model.manifest, calibration.chosen.thresholds)
 
 
@@ -157,8 +162,13 @@ def plot(calibration: Calibration, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([e.mean_latency_us for e in calibration.curve], [100 * e.accuracy for e in calibration.curve], "o-",
-            ms=3, label="thresholds on the Pareto front")
+    ax.plot(
+        [e.mean_latency_us for e in calibration.curve],
+        [100 * e.accuracy for e in calibration.curve],
+        "o-",
+        ms=3,
+        label="thresholds on the Pareto front",
+    )
     c, a = calibration.chosen, calibration.all_stages
     ax.plot([c.mean_latency_us], [100 * c.accuracy], "r*", ms=14, label="chosen")
     ax.plot([a.mean_latency_us], [100 * a.accuracy], "ks", ms=8, label="every stage")

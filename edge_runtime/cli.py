@@ -105,8 +105,53 @@ def _spec_rows(specs: Sequence[Any]) -> list[list[str]]:
     return rows
 
 
+def _is_bundle(model: Any) -> bool:
+    from .early_exit import EarlyExitModel
+
+    return isinstance(model, EarlyExitModel)
+
+
+def _bundle_info(args: argparse.Namespace, model: Any) -> int:
+    desc = model.describe()
+    rows = []
+    for k, st in enumerate(desc["stages"]):
+        rule = st["exit"]
+        ins = st["inputs"][0]
+        rows.append(
+            [
+                str(k),
+                st["file"],
+                f"{ins['dtype']}{ins['shape']}",
+                "always"
+                if rule is None
+                else f"{rule['measure']} {'<=' if rule['measure'] == 'entropy' else '>='} {rule['threshold']:.4g}",
+                f"{st['cost_us']:.1f}",
+            ]
+        )
+    cal = desc["calibration"]
+    cal_text = (
+        "not calibrated (edge-runtime calibrate BUNDLE --data FILE)"
+        if not cal
+        else (
+            f"{cal['date']} on {cal['data']} ({cal['samples']} samples): accuracy {100 * cal['accuracy']:.2f} % vs "
+            f"{100 * cal['accuracy_all_stages']:.2f} % all stages, mean {cal['mean_latency_us']} us vs "
+            f"{cal['mean_latency_all_stages_us']} us; exit rates " + ", ".join(f"{e['rate']:.2f}" for e in cal["exits"])
+        )
+    )
+    text = (
+        f"bundle:    {desc['path']} ({desc['name']}, {len(desc['labels'])} labels)\n"
+        f"backend:   {desc['backend']}\ndevice:    {desc['device']}  ({desc['device_full_name']})\n"
+        f"why:       {desc['reason']}\ncalibration: {cal_text}\n\n"
+        + _table(rows, ["stage", "file", "input", "exit when", "cost us"])
+    )
+    _emit(args, desc, text)
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     with _load(args) as model:
+        if _is_bundle(model):
+            return _bundle_info(args, model)
         desc = model.describe()
         header = ["name", "dtype", "shape", "scale", "zero point"]
         passed = "\n".join(f"  - {a}" for a in model.attempts) or "  (none)"
@@ -129,6 +174,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("edge-runtime: error: --runs must be >= 1 and --warmup >= 0", file=sys.stderr)
         return 2
     with _load(args) as model:
+        if _is_bundle(model) or args.data:
+            return _bench_data(args, model)
         inputs = [random_tensor(spec, args.seed) for spec in model.inputs]
         x: Any = inputs[0] if len(inputs) == 1 else inputs
 
@@ -378,6 +425,133 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_data(path: str) -> tuple[Any, Any]:
+    import numpy as np
+
+    try:
+        data = np.load(path)
+        return data["x"], data["y"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise EdgeRuntimeError(f"--data must be an .npz with arrays x and y: {exc}", path=path) from exc
+
+
+def _bench_data(args: argparse.Namespace, model: Any) -> int:
+    """Accuracy, mean and p99 latency and the exit histogram over --data, against every stage forced."""
+    import numpy as np
+
+    if not args.data:
+        print("edge-runtime: error: benchmarking a bundle needs --data FILE.npz (arrays x, y)", file=sys.stderr)
+        return 2
+    x, y = _load_data(args.data)
+    shape = model.inputs[0].shape
+    bundle = _is_bundle(model)
+    variants = [("early exit", False), ("all stages", True)] if bundle else [("model", False)]
+    out: dict[str, Any] = {"model": str(model.path), "device": model.device, "samples": len(y), "variants": {}}
+    rows = []
+    for name, force in variants:
+        lat, correct, exits = [], 0, []
+        for _ in range(max(1, args.repeat)):
+            for sample, label in zip(x, y):
+                xi = np.asarray(sample, dtype=np.float32).reshape(shape)
+                t0 = time.perf_counter_ns()
+                if bundle:
+                    r = model.infer(xi, force_all=force)
+                    pred, exit_k = r.label_index, r.exit_index
+                else:
+                    pred, exit_k = int(np.argmax(model.infer(xi)[0])), 0
+                lat.append((time.perf_counter_ns() - t0) / 1e3)
+                correct += int(pred == int(label))
+                exits.append(exit_k)
+        n = len(lat)
+        hist = np.bincount(exits, minlength=len(model.stages) if bundle else 1)
+        v = {
+            "accuracy": round(correct / n, 4),
+            "mean_us": round(float(np.mean(lat)), 1),
+            "p50_us": round(float(np.median(lat)), 1),
+            "p99_us": round(float(np.percentile(lat, 99)), 1),
+            "exit_histogram": hist.tolist(),
+        }
+        out["variants"][name] = v
+        rows.append(
+            [
+                name,
+                f"{100 * v['accuracy']:.2f}",
+                f"{v['mean_us']:.1f}",
+                f"{v['p99_us']:.1f}",
+                " ".join(str(int(h)) for h in hist),
+            ]
+        )
+    if bundle:
+        e, a = out["variants"]["early exit"], out["variants"]["all stages"]
+        out["speedup_mean"] = round(a["mean_us"] / e["mean_us"], 2)
+        out["accuracy_drop_pp"] = round(100 * (a["accuracy"] - e["accuracy"]), 2)
+    text = (
+        f"model:   {model.path} on {model.device}, {len(y)} samples from {args.data} (end to end through infer)\n\n"
+        + _table(rows, ["variant", "accuracy %", "mean us", "p99 us", "exits per stage"])
+    )
+    if bundle:
+        text += (
+            f"\n\nearly exit: {out['speedup_mean']}x lower mean latency, accuracy "
+            f"{-out['accuracy_drop_pp']:+.2f} percentage points"
+        )
+    _emit(args, out, text)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import apply, choose, plot
+
+    with _load(args) as model:
+        if not _is_bundle(model):
+            print(
+                f"edge-runtime: error: {args.model} is not an early-exit bundle (a directory with bundle.json)",
+                file=sys.stderr,
+            )
+            return 2
+        if not 0 <= args.max_accuracy_drop < 1:
+            print("edge-runtime: error: --max-accuracy-drop is a fraction in [0, 1), e.g. 0.01", file=sys.stderr)
+            return 2
+        x, y = _load_data(args.data)
+        bundle: Any = model
+        if not args.json:
+            print(f"calibrating on {len(y)} samples of {args.data} (every stage runs on each) ...", file=sys.stderr)
+        cal = choose(bundle, x, y, args.max_accuracy_drop)
+        if not args.dry_run:
+            apply(bundle, cal, args.data)
+        if args.plot:
+            try:
+                plot(cal, args.plot)
+            except ImportError:
+                print(
+                    "edge-runtime: warning: no plot: install the plot extra (pip install 'edge-runtime[plot]')",
+                    file=sys.stderr,
+                )
+        record = cal.to_manifest(args.data)
+        rows = [
+            [str(k), f"{t:.4g}", f"{100 * r:.1f}", "-" if a is None else f"{100 * a:.2f}"]
+            for k, (t, r, a) in enumerate(
+                zip((*cal.chosen.thresholds, float("nan")), cal.chosen.exit_rates, cal.chosen.exit_accuracy)
+            )
+        ]
+        curve = [
+            [f"{e.mean_latency_us:.1f}", f"{100 * e.accuracy:.2f}", ", ".join(f"{t:.3g}" for t in e.thresholds)]
+            for e in cal.curve
+        ]
+        text = (
+            f"stage cost (median us): {', '.join(f'{c:.1f}' for c in cal.stage_cost_us)}\n"
+            f"all stages: accuracy {100 * cal.all_stages.accuracy:.2f} %, "
+            f"mean {cal.all_stages.mean_latency_us:.1f} us\n"
+            f"chosen:     accuracy {100 * cal.chosen.accuracy:.2f} % (bound: -{100 * args.max_accuracy_drop:g} pp), "
+            f"mean {cal.chosen.mean_latency_us:.1f} us\n\n"
+            + _table(rows, ["exit", "threshold", "exit rate %", "accuracy there %"])
+            + "\n\ntrade-off (Pareto front):\n"
+            + _table(curve, ["mean us", "accuracy %", "thresholds"])
+            + ("\n\n(dry run: bundle.json unchanged)" if args.dry_run else f"\n\nwritten to {args.model}/bundle.json")
+        )
+        _emit(args, {"calibration": record, "thresholds": list(cal.chosen.thresholds)}, text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-runtime",
@@ -396,7 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="register an OpenVINO plugin library for device NAME (or xml=plugins.xml); repeatable",
         )
         if model:
-            p.add_argument("model", help="a .tflite, OpenVINO IR .xml (with its .bin) or .onnx file")
+            p.add_argument(
+                "model",
+                help="a .tflite, OpenVINO IR .xml (with its .bin) or .onnx file, or an early-exit bundle directory",
+            )
             p.add_argument("-d", "--device", action="append", metavar="REQUEST", help=DEVICE_HELP)
             p.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: backend's)")
             p.add_argument("--cache-dir", default=None, help="OpenVINO compiled-model cache directory")
@@ -415,7 +592,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=50, help="untimed runs first (default 50)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument(
+        "--data",
+        default=None,
+        help=".npz with arrays x, y: report accuracy and latency over it (bundles: against every stage)",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="passes over --data (default 1)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("calibrate", help="choose early-exit thresholds: least mean latency within an accuracy bound")
+    common(p)
+    p.add_argument("--data", required=True, help="held-out calibration data: .npz with arrays x, y")
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=0.01,
+        help="accuracy the bundle may lose against running every stage, as a fraction (default 0.01)",
+    )
+    p.add_argument("--plot", default=None, metavar="PNG", help="also draw the trade-off curve (needs matplotlib)")
+    p.add_argument("--dry-run", action="store_true", help="print the choice, leave bundle.json unchanged")
+    p.set_defaults(func=cmd_calibrate)
 
     def stream_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument("--window", type=int, default=None, help="samples per window (default: the input's time axis)")

@@ -97,8 +97,9 @@ class EarlyExitModel:
                 raise self._error(f"{where}: no output {want_logits!r} (logits); outputs: {names}")
             li = names.index(want_logits)
             if int(np.prod(model.outputs[li].shape)) != len(m.labels):
-                raise self._error(f"{where}: the exit head gives {model.outputs[li].shape} scores for "
-                                  f"{len(m.labels)} labels")
+                raise self._error(
+                    f"{where}: the exit head gives {model.outputs[li].shape} scores for {len(m.labels)} labels"
+                )
             ci = None
             if want_carry is not None:
                 if want_carry not in names:
@@ -107,17 +108,30 @@ class EarlyExitModel:
                 nxt = self.stages[k + 1].inputs[0]
                 out = model.outputs[ci]
                 if out.shape != nxt.shape or out.dtype != nxt.dtype:
-                    raise self._error(f"{where}: carries {out.dtype.name}{list(out.shape)} but stage {k + 1} takes "
-                                      f"{nxt.dtype.name}{list(nxt.shape)}")
+                    raise self._error(
+                        f"{where}: carries {out.dtype.name}{list(out.shape)} but stage {k + 1} takes "
+                        f"{nxt.dtype.name}{list(nxt.shape)}"
+                    )
                 if out.quantization != nxt.quantization:
                     self.requantized_carries.append(k)
-                    log.warning("edge_runtime: bundle %s stage %d: carry quantization %s differs from stage %d "
-                                "input %s; requantizing it", m.path, k, out.quantization, k + 1, nxt.quantization)
+                    log.warning(
+                        "edge_runtime: bundle %s stage %d: carry quantization %s differs from stage %d "
+                        "input %s; requantizing it",
+                        m.path,
+                        k,
+                        out.quantization,
+                        k + 1,
+                        nxt.quantization,
+                    )
             self._idx.append((li, ci))
 
     def _error(self, reason: str) -> ModelLoadError:
-        return ModelLoadError(f"bundle {self.manifest.name}: {reason}", path=str(self.manifest.path),
-                              backend=self.backend, device=self.device)
+        return ModelLoadError(
+            f"bundle {self.manifest.name}: {reason}",
+            path=str(self.manifest.path),
+            backend=self.backend,
+            device=self.device,
+        )
 
     def _measure_costs(self, runs: int = 20) -> list[float]:
         x = np.zeros(self.inputs[0].shape, self.inputs[0].dtype)
@@ -139,8 +153,12 @@ class EarlyExitModel:
         a = np.asarray(x)
         spec = self.inputs[0]
         if a.shape != spec.shape:
-            raise InputError(f"input shape {a.shape}, expected {spec.shape}", path=str(self.path),
-                             backend=self.backend, device=self.device)
+            raise InputError(
+                f"input shape {a.shape}, expected {spec.shape}",
+                path=str(self.path),
+                backend=self.backend,
+                device=self.device,
+            )
         if a.dtype == spec.dtype:
             return a
         if np.issubdtype(a.dtype, np.floating) and spec.quantization is not None:
@@ -241,8 +259,9 @@ class EarlyExitModel:
                     "file": m.path.name,
                     "inputs": [s.to_dict() for s in m.inputs],
                     "outputs": [s.to_dict() for s in m.outputs],
-                    "exit": None if spec.exit is None else {"measure": spec.exit.measure,
-                                                            "threshold": spec.exit.threshold},
+                    "exit": None
+                    if spec.exit is None
+                    else {"measure": spec.exit.measure, "threshold": spec.exit.threshold},
                     "cost_us": round(cost, 1),
                 }
                 for m, spec, cost in zip(self.stages, self.manifest.stages, self.stage_cost_us)

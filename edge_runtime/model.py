@@ -232,9 +232,16 @@ def load(
     if Path(path).is_dir() and (Path(path) / "bundle.json").is_file():
         from .early_exit import load_bundle  # a bundle loads through the same door
 
-        return load_bundle(path, device, num_threads=num_threads, performance_hint=performance_hint,  # type: ignore[return-value]
-                           cache_dir=cache_dir, openvino_config=openvino_config, openvino_plugins=openvino_plugins,
-                           devices=devices)
+        return load_bundle(
+            path,
+            device,
+            num_threads=num_threads,
+            performance_hint=performance_hint,  # type: ignore[return-value]
+            cache_dir=cache_dir,
+            openvino_config=openvino_config,
+            openvino_plugins=openvino_plugins,
+            devices=devices,
+        )
     source = read_model_file(path)
     where = str(source.path)
     readers = READERS[source.format]
