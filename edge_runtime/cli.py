@@ -528,7 +528,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 )
         record = cal.to_manifest(args.data)
         rows = [
-            [str(k), f"{t:.4g}", f"{100 * r:.1f}", "-" if a is None else f"{100 * a:.2f}"]
+            [str(k), "always" if t != t else f"{t:.4g}", f"{100 * r:.1f}", "-" if a is None else f"{100 * a:.2f}"]
             for k, (t, r, a) in enumerate(
                 zip((*cal.chosen.thresholds, float("nan")), cal.chosen.exit_rates, cal.chosen.exit_accuracy)
             )
