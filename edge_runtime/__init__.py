@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .device_info import Device
 from .devices import Selection, devices, parse_request, probe, select
+from .early_exit import EarlyExitModel, EarlyExitResult, load_bundle
 from .errors import (
     BackendUnavailableError,
     DeviceRequestError,
@@ -31,6 +32,8 @@ __all__ = [
     "Device",
     "DeviceRequestError",
     "DeviceUnavailableError",
+    "EarlyExitModel",
+    "EarlyExitResult",
     "EdgeRuntimeError",
     "InferenceError",
     "InputError",
@@ -44,6 +47,7 @@ __all__ = [
     "dequantize",
     "devices",
     "load",
+    "load_bundle",
     "parse_request",
     "probe",
     "quantize",

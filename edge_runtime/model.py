@@ -210,6 +210,11 @@ def load(
 ) -> Model:
     """Load a ``.tflite``, OpenVINO IR ``.xml`` or ``.onnx`` model on the best requested device.
 
+    A directory holding ``bundle.json`` loads as an early-exit bundle and returns an
+    ``EarlyExitModel`` (its ``infer`` returns an ``EarlyExitResult``). The annotation says
+    ``Model`` for the common case: call ``edge_runtime.load_bundle`` where a type checker
+    should see ``EarlyExitModel``.
+
     ``device``: one request or a list tried in order (grammar: ``edge_runtime.devices``).
     ``num_threads``: CPU threads for inference (None: the backend's default).
     ``performance_hint``, ``cache_dir``, ``openvino_config``: OpenVINO compile options.
