@@ -26,7 +26,8 @@ Format, version 1::
 Confidence is computed on dequantized logits in float (int8 softmax steps are 1/256
 wide): ``max_prob`` (the top softmax probability, exit when >= T, T in [0, 1]),
 ``margin`` (top minus second probability, >= T, T in [0, 1]) and ``entropy`` (of the
-softmax, in nats, exit when <= T, T in [0, ln(labels)]).
+softmax, in nats, exit when <= T, T in [0, ln(labels)]). A threshold of ``null`` means
+"never exit here" (calibration writes it when an exit does not pay for itself).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -66,12 +68,14 @@ _EXIT_KEYS = {"measure", "threshold"}
 
 @dataclass(frozen=True)
 class ExitRule:
-    """When an exit head is confident enough to stop."""
+    """When an exit head is confident enough to stop. ``threshold`` None: never stop here."""
 
     measure: str
-    threshold: float
+    threshold: float | None
 
     def confident(self, value: float) -> bool:
+        if self.threshold is None:
+            return False
         return value <= self.threshold if self.measure == "entropy" else value >= self.threshold
 
 
@@ -103,7 +107,7 @@ class Manifest:
     raw: dict[str, Any]
 
     @property
-    def thresholds(self) -> tuple[float, ...]:
+    def thresholds(self) -> tuple[float | None, ...]:
         return tuple(s.exit.threshold for s in self.stages if s.exit is not None)
 
 
@@ -143,9 +147,11 @@ def _exit(bundle: Path, where: str, raw: Any, n_labels: int) -> ExitRule:
     if measure not in MEASURES:
         raise _err(bundle, f"{where}.measure", f"{measure!r} is not one of {', '.join(MEASURES)}")
     t = raw.get("threshold")
+    if t is None:  # calibration found this exit never worth taking
+        return ExitRule(measure, None)
     lo, hi = threshold_range(measure, n_labels)
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not lo <= t <= hi:
-        raise _err(bundle, f"{where}.threshold", f"{t!r} is outside [{lo:g}, {hi:.4g}] for {measure}")
+        raise _err(bundle, f"{where}.threshold", f"{t!r} is outside [{lo:g}, {hi:.4g}] for {measure} (or null: never)")
     return ExitRule(measure, float(t))
 
 
@@ -217,8 +223,8 @@ def read_manifest(bundle: str | Path) -> Manifest:
     return Manifest(path, str(raw.get("name", path.name)), tuple(labels), tuple(stages), calibration, raw)
 
 
-def with_thresholds(manifest: Manifest, thresholds: list[float] | tuple[float, ...]) -> Manifest:
-    """A copy of ``manifest`` with new exit thresholds (checked against each measure's range)."""
+def with_thresholds(manifest: Manifest, thresholds: Sequence[float | None]) -> Manifest:
+    """A copy of ``manifest`` with new exit thresholds (checked against each measure's range; None: never)."""
     exits = [s for s in manifest.stages if s.exit is not None]
     if len(thresholds) != len(exits):
         raise ValueError(f"{len(thresholds)} thresholds for {len(exits)} exits")
@@ -228,10 +234,14 @@ def with_thresholds(manifest: Manifest, thresholds: list[float] | tuple[float, .
         if s.exit is None:
             stages.append(s)
             continue
-        t = float(next(it))
+        value = next(it)
+        if value is None:
+            stages.append(replace(s, exit=ExitRule(s.exit.measure, None)))
+            continue
+        t = float(value)
         lo, hi = threshold_range(s.exit.measure, len(manifest.labels))
         if not lo <= t <= hi:
-            raise ValueError(f"threshold {t} outside [{lo:g}, {hi:.4g}] for {s.exit.measure}")
+            raise ValueError(f"threshold {t} outside [{lo:g}, {hi:.4g}] for {s.exit.measure} (or None: never)")
         stages.append(replace(s, exit=ExitRule(s.exit.measure, t)))
     return replace(manifest, stages=tuple(stages))
 
@@ -243,11 +253,17 @@ def write_manifest(manifest: Manifest, calibration: dict[str, Any] | None) -> No
     for st in raw["stages"]:
         rule = next(exits)
         if rule is not None:
-            st["exit"] = {"measure": rule.measure, "threshold": round(rule.threshold, 6)}
+            t = None if rule.threshold is None else round(rule.threshold, 6)
+            st["exit"] = {"measure": rule.measure, "threshold": t}
     raw["calibration"] = calibration
     target = manifest.path / MANIFEST
+    try:
+        mode = target.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o644
     fd, tmp = tempfile.mkstemp(prefix=".bundle.", suffix=".json", dir=manifest.path)
     try:
+        os.fchmod(fd, mode)  # mkstemp makes 0600: keep the manifest's own permissions
         with os.fdopen(fd, "w") as fh:
             json.dump(raw, fh, indent=2)
             fh.write("\n")

@@ -2,9 +2,10 @@
 
 Every calibration sample is run through all stages once (``EarlyExitModel.exits_all``),
 so each exit's confidence and prediction are known for every sample; then a threshold
-per exit is chosen from candidates taken at the quantiles of that exit's confidences.
-The search is exhaustive for up to two exits (a product of candidate lists) and
-coordinate descent beyond. Expected latency uses the measured median cost of each stage.
+per exit is chosen from candidates taken at the quantiles of that exit's confidences
+(plus "never exit here"). The search is exhaustive while the product of the candidate
+lists stays under 200,000 (three exits) and coordinate descent beyond. Expected
+latency uses the measured median cost of each stage.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .bundle import confidence, with_thresholds, write_manifest
+from .bundle import confidence, write_manifest
 from .early_exit import EarlyExitModel
 
 _CANDIDATES = 48
@@ -117,8 +118,7 @@ def choose(
     cost = np.median(times, axis=1)
     rules = [s.exit for s in model.manifest.stages if s.exit is not None]
     measures = [r.measure for r in rules]
-    # "never exit here" is a threshold no confidence reaches: above 1 for probabilities, below 0 for entropy.
-    never = [-1.0 if m == "entropy" else 2.0 for m in measures]
+    never = [_never(m) for m in measures]
     candidates = []
     for k, _m in enumerate(measures):
         qs = np.unique(np.quantile(conf[k], np.linspace(0, 1, _CANDIDATES)))
@@ -147,11 +147,21 @@ def choose(
     return Calibration(chosen, all_stages, tuple(float(c) for c in cost), len(y), max_accuracy_drop, tuple(front))
 
 
+def _never(measure: str) -> float:
+    """A threshold no confidence reaches: above 1 for probabilities, below 0 for entropy."""
+    return -1.0 if measure == "entropy" else 2.0
+
+
+def saved_thresholds(model: EarlyExitModel, thresholds: tuple[float, ...]) -> list[float | None]:
+    """The search's thresholds as the manifest stores them: "never" placeholders become None."""
+    rules = [s.exit for s in model.manifest.stages if s.exit is not None]
+    return [None if t == _never(r.measure) else t for t, r in zip(thresholds, rules)]
+
+
 def apply(model: EarlyExitModel, calibration: Calibration, data: str | Path) -> None:
     """Use the chosen thresholds now and write them, with the calibration record, to ``bundle.json``."""
-    model.set_thresholds(calibration.chosen.thresholds)
-    write_manifest(with_thresholds(model.manifest, calibration.chosen.thresholds), calibration.to_manifest(str(data)))
-    model.manifest = with_thresholds(model.manifest, calibration.chosen.thresholds)
+    model.set_thresholds(saved_thresholds(model, calibration.chosen.thresholds))
+    write_manifest(model.manifest, calibration.to_manifest(str(data)))
 
 
 def plot(calibration: Calibration, path: str | Path) -> None:

@@ -111,6 +111,14 @@ def _is_bundle(model: Any) -> bool:
     return isinstance(model, EarlyExitModel)
 
 
+def _rule_text(rule: dict[str, Any] | None) -> str:
+    if rule is None:
+        return "always"
+    if rule["threshold"] is None:
+        return "never (calibrated out)"
+    return f"{rule['measure']} {'<=' if rule['measure'] == 'entropy' else '>='} {rule['threshold']:.4g}"
+
+
 def _bundle_info(args: argparse.Namespace, model: Any) -> int:
     desc = model.describe()
     rows = []

@@ -31,6 +31,8 @@ log = logging.getLogger("edge_runtime")
 class EarlyExitResult:
     """One inference. ``scores`` are softmax probabilities of the exit taken (float).
 
+    ``confidence`` is that exit's measure (the last stage, which has no rule, reports max_prob).
+
     ``exit_index`` counts from 0; ``stage_us`` holds the time of each stage that ran, in
     microseconds; ``cut_by_deadline`` is True when a later stage was skipped because it
     would not have fitted in ``deadline_ms``.
@@ -81,6 +83,7 @@ class EarlyExitModel:
         self._check_stages()
         # Estimated cost of each stage (us), for deadlines; refined by every run (EWMA).
         self.stage_cost_us = self._measure_costs()
+        self._base_cost_us = list(self.stage_cost_us)
         self.outputs = (TensorSpec("scores", (1, len(self.labels)), np.dtype(np.float32)),)
         self.op_count = sum(s.op_count or 0 for s in stages)
         self.size_bytes = sum(s.size_bytes for s in stages)
@@ -141,10 +144,10 @@ class EarlyExitModel:
         return [float(np.median([s[k] for s in samples])) for k in range(len(self.stages))]
 
     @property
-    def thresholds(self) -> tuple[float, ...]:
+    def thresholds(self) -> tuple[float | None, ...]:
         return self.manifest.thresholds
 
-    def set_thresholds(self, thresholds: Sequence[float]) -> None:
+    def set_thresholds(self, thresholds: Sequence[float | None]) -> None:
         """Change the exit thresholds now (not saved; ``calibrate`` saves them). Checked like the manifest."""
         self.manifest = with_thresholds(self.manifest, tuple(thresholds))
 
@@ -222,6 +225,9 @@ class EarlyExitModel:
         probs, cut, times = self._run(self._first_input(x), force_all=force_all, deadline_ms=deadline_ms)
         for k, t in enumerate(times):  # keep the deadline estimates current
             self.stage_cost_us[k] = 0.9 * self.stage_cost_us[k] + 0.1 * t
+        if cut:  # a skipped stage is not measured: drift back toward its load-time cost, so
+            for k in range(len(times), len(self.stage_cost_us)):  # one slow spell cannot cut it for good
+                self.stage_cost_us[k] = 0.9 * self.stage_cost_us[k] + 0.1 * self._base_cost_us[k]
         exit_index = len(probs) - 1
         p = probs[-1]
         idx = int(np.argmax(p))

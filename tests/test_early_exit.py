@@ -158,7 +158,11 @@ def test_mismatched_stage_shapes_are_caught(bundle_copy: Path) -> None:
         bundle_copy,
         lambda r: r["stages"][1].update(tflite=r["stages"][2]["tflite"], openvino=None, input=r["stages"][2]["input"]),
     )
-    with pytest.raises(er.ModelLoadError, match=r"stage (0|1)"):
+    with pytest.raises(
+        er.ModelLoadError,
+        match=r"stage 0 .*carries int8\[1, 32, 32, 16\] but stage 1 takes "
+        r"int8\[1, 32, 32, 32\]",
+    ):
         er.load(bundle_copy, "litert:cpu")
 
 
@@ -186,3 +190,98 @@ def test_a_bundle_runs_in_a_stream() -> None:
     assert len(results) == (40 * 8 - 32) // 32 + 1
     assert all(r.label in model.labels and abs(sum(r.scores) - 1) < 1e-3 for r in results)
     assert model.last_result.exit_index in (0, 1, 2)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("measure", "placeholder"), [("entropy", 1.0), ("margin", 0.5)])
+def test_calibration_with_other_measures_matches_run_time(bundle_copy: Path, measure: str, placeholder: float) -> None:
+    """What calibration predicts for its thresholds is what inference then does, for each measure."""
+    import os
+
+    from edge_runtime.calibrate import apply, choose
+
+    def use(raw: dict[str, Any]) -> None:
+        for st in raw["stages"][:-1]:
+            st["exit"] = {"measure": measure, "threshold": placeholder}
+
+    edit(bundle_copy, use)
+    mode = (bundle_copy / "bundle.json").stat().st_mode & 0o777
+    x, y = data("calibration")
+    with er.load(bundle_copy, "litert:cpu") as model:
+        cal = choose(model, x, y, max_accuracy_drop=0.01)
+        apply(model, cal, "calibration.npz")
+    assert (bundle_copy / "bundle.json").stat().st_mode & 0o777 == mode, "calibrate keeps the file's permissions"
+    with er.load(bundle_copy, "litert:cpu") as model:
+        assert all(s.exit is None or s.exit.measure == measure for s in model.manifest.stages)
+        shape = model.inputs[0].shape
+        exits = [model.infer(sample.reshape(shape)).exit_index for sample in x]
+    rates = np.bincount(exits, minlength=3) / len(exits)
+    np.testing.assert_allclose(rates, cal.chosen.exit_rates, atol=0.02)
+    assert os.path.getsize(bundle_copy / "bundle.json") > 0
+
+
+def test_never_exit_is_saved_as_null_and_honoured(bundle_copy: Path) -> None:
+    from edge_runtime.calibrate import Calibration, apply, evaluate
+
+    x, _y = data("calibration")
+    with er.load(bundle_copy, "litert:cpu") as model:
+        measures = ["max_prob", "max_prob"]
+        conf = np.ones((3, 4))
+        pred = np.zeros((3, 4), dtype=np.int64)
+        never = evaluate((2.0, 0.5), measures, conf, pred, np.zeros(4, dtype=np.int64), np.ones(3))
+        apply(model, Calibration(never, never, (1.0, 1.0, 1.0), 4, 0.01, (never,)), "test")
+        assert model.thresholds == (None, 0.5)
+    raw = json.loads((bundle_copy / "bundle.json").read_text())
+    assert raw["stages"][0]["exit"]["threshold"] is None
+    with er.load(bundle_copy, "litert:cpu") as model:
+        model.set_thresholds([None, 0.0])
+        r = model.infer(x[0].reshape(model.inputs[0].shape))
+        assert r.exit_index == 1, "exit 0 is never taken; exit 1 (threshold 0) always is"
+
+
+def test_a_stage_cut_by_a_slow_spell_comes_back() -> None:
+    with er.load(BUNDLE, "litert:cpu") as model:
+        x, _ = data("test")
+        sample = x[0].reshape(model.inputs[0].shape)
+        model.set_thresholds([1.0, 1.0])
+        deadline = 1.5 * sum(model.stage_cost_us) / 1e3
+        model.stage_cost_us[2] *= 10  # one slow spell inflated the estimate
+        results = [model.infer(sample, deadline_ms=deadline) for _ in range(60)]
+        assert results[0].cut_by_deadline
+        assert not results[-1].cut_by_deadline and results[-1].exit_index == 2
+
+
+def test_cli_calibrate_and_bench_a_bundle(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    bundle = tmp_path / "b"
+    shutil.copytree(BUNDLE, bundle)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    run = [sys.executable, "-m", "edge_runtime"]
+    out = subprocess.run(
+        [*run, "calibrate", str(bundle), "--data", str(bundle / "calibration.npz"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-1000:]
+    record = json.loads(out.stdout)["calibration"]
+    assert record["accuracy"] >= record["accuracy_all_stages"] - 0.01
+    assert record["mean_latency_us"] < record["mean_latency_all_stages_us"]
+    out = subprocess.run(
+        [*run, "bench", str(bundle), "--data", str(bundle / "test.npz"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-1000:]
+    bench = json.loads(out.stdout)
+    assert bench["speedup_mean"] > 1.5 and bench["accuracy_drop_pp"] <= 1.0
+    assert sum(bench["variants"]["early exit"]["exit_histogram"]) == bench["samples"]
