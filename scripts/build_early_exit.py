@@ -50,9 +50,6 @@ float32 [N, 32, 32, 1] after preprocessing, ``y`` int64) and ``README.md``.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import hashlib
-import io
 import json
 import os
 import statistics
@@ -60,10 +57,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +67,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import numpy as np
+from train_common import (
+    FloatArray,
+    IntArray,
+    count_macs,
+    iso_date,
+    pct,
+    quantize_input,
+    save_npz_deterministic,
+    seed_everything,
+    sha256_file,
+    version,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -99,21 +106,6 @@ TENSOR_NAMES = [
     ("carry0", "stage1_logits", "carry1"),
     ("carry1", "stage2_logits", None),
 ]
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-
-FloatArray = np.ndarray
-IntArray = np.ndarray
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def log(message: str) -> None:
@@ -163,8 +155,8 @@ def load_data(seed: int) -> Data:
         y_test=y_test,
         labels=[str(int(t)) for t in digits.target_names],
         source=(
-            f"scikit-learn {_version('scikit-learn')} `sklearn.datasets.load_digits` "
-            f"({len(y)} images, {data_file.name} sha256 {_sha256_file(data_file)[:16]}...)"
+            f"scikit-learn {version('scikit-learn')} `sklearn.datasets.load_digits` "
+            f"({len(y)} images, {data_file.name} sha256 {sha256_file(data_file)[:16]}...)"
         ),
         split=(
             f"train_test_split(test_size=0.2, stratify=y, random_state={seed}) for test, then "
@@ -252,14 +244,6 @@ def build_net(num_classes: int) -> Net:
         h = layers.Dense(num_classes, name=f"exit{k}_logits")(h)
         heads.append(keras.Model(h_in, h, name=f"exit{k}"))
     return Net([body0, body1, body2], heads, [bn0, bn1], [n0, n1])
-
-
-def seed_everything(seed: int) -> None:
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
 
 
 def epoch_logger(what: str, epochs: int, every: int = 5) -> Any:
@@ -389,22 +373,6 @@ def float_logits(net: Net, x: FloatArray) -> list[FloatArray]:
     ]
 
 
-def count_macs(model: keras.Model) -> int:
-    """Multiply-accumulates of Conv2D/Dense layers (batch 1), nested models included."""
-    import keras
-    from keras import layers
-
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            total += count_macs(layer)
-        elif isinstance(layer, layers.Conv2D):
-            total += int(np.prod(layer.output.shape[1:-1])) * int(np.prod(layer.kernel.shape))
-        elif isinstance(layer, layers.Dense):
-            total += int(np.prod(layer.kernel.shape))
-    return total
-
-
 # --------------------------------------------------------------------------
 # Conversion
 # --------------------------------------------------------------------------
@@ -468,13 +436,6 @@ def make_interpreter(content: bytes) -> Any:
     interpreter = Interpreter(model_content=content, num_threads=1)
     interpreter.allocate_tensors()
     return interpreter
-
-
-def quantize_input(x: FloatArray, scale: float, zero_point: int) -> np.ndarray:
-    """clip(rint(x / scale) + zero_point) in float32, half to even (as edge_runtime)."""
-    q = np.rint(np.asarray(x, dtype=np.float32) / np.float32(scale)) + np.float32(zero_point)
-    q_int8: np.ndarray = np.clip(q, -128, 127).astype(np.int8)
-    return q_int8
 
 
 @dataclass
@@ -701,21 +662,6 @@ def run_openvino(python: str, out_dir: Path, ios: list[StageIO]) -> dict[str, An
 # --------------------------------------------------------------------------
 
 
-def save_npz_deterministic(path: Path, **arrays: np.ndarray) -> None:
-    """Like np.savez_compressed, but with fixed zip timestamps (byte-stable)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for key, array in arrays.items():
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            npy = io.BytesIO()
-            np.lib.format.write_array(  # type: ignore[no-untyped-call]
-                npy, np.ascontiguousarray(array), allow_pickle=False
-            )
-            zf.writestr(info, npy.getvalue())
-    path.write_bytes(buffer.getvalue())
-
-
 def rebuild_command(seed: int) -> str:
     return BASE_REBUILD_COMMAND if seed == DEFAULT_SEED else f"{BASE_REBUILD_COMMAND} --seed {seed}"
 
@@ -767,10 +713,6 @@ def openvino_names(ov_report: dict[str, Any]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------
 # Main build
 # --------------------------------------------------------------------------
-
-
-def _pct(v: float) -> str:
-    return f"{100.0 * v:.2f} %"
 
 
 def table(header: list[str], rows: list[list[str]], markdown: bool) -> list[str]:
@@ -911,7 +853,7 @@ def build(args: argparse.Namespace) -> int:
         "args": args,
         "versions": (
             f"TensorFlow {tf.__version__}, Keras {keras.__version__}, NumPy {np.__version__}, "
-            f"ai-edge-litert {_version('ai-edge-litert')}, OpenVINO {ov_report['openvino_version']}"
+            f"ai-edge-litert {version('ai-edge-litert')}, OpenVINO {ov_report['openvino_version']}"
         ),
     }
     readme = out_dir / "README.md"
@@ -985,7 +927,7 @@ def report_lines(info: dict[str, Any], markdown: bool) -> list[str]:
     ]
     title = (
         "Per stage: MACs (exit head part in brackets), int8 .tflite size, bare LiteRT invoke "
-        f"(median of {args.bench_runs}, 1 thread, ai-edge-litert {_version('ai-edge-litert')}); "
+        f"(median of {args.bench_runs}, 1 thread, ai-edge-litert {version('ai-edge-litert')}); "
         f"total {total_macs} MACs, {total_us:.1f} us"
     )
     lines += ["## Cost" if markdown else "Summary", "", title + ("." if markdown else ""), ""]
@@ -995,10 +937,10 @@ def report_lines(info: dict[str, Any], markdown: bool) -> list[str]:
     rows = [
         [
             f"exit {k}" if k < NUM_STAGES - 1 else "final",
-            _pct(info["acc_float"][k]),
-            _pct(info["acc_int8"][k]),
-            _pct(info["acc_ov_ir"][k]),
-            _pct(info["acc_ov_tflite"][k]),
+            pct(info["acc_float"][k]),
+            pct(info["acc_int8"][k]),
+            pct(info["acc_ov_ir"][k]),
+            pct(info["acc_ov_tflite"][k]),
         ]
         for k in range(NUM_STAGES)
     ]
@@ -1014,7 +956,7 @@ def report_lines(info: dict[str, Any], markdown: bool) -> list[str]:
     lines += [
         "",
         f"With the placeholder thresholds (max_prob >= {PLACEHOLDER_THRESHOLD} at exits 0 and 1, int8 LiteRT):",
-        f"accuracy {_pct(ee_acc)}, exits taken {ee_counts[0]} / {ee_counts[1]} / {ee_counts[2]}.",
+        f"accuracy {pct(ee_acc)}, exits taken {ee_counts[0]} / {ee_counts[1]} / {ee_counts[2]}.",
         "",
     ]
 
@@ -1067,13 +1009,6 @@ def report_lines(info: dict[str, Any], markdown: bool) -> list[str]:
 # --------------------------------------------------------------------------
 
 
-def _iso_date(text: str) -> str:
-    try:
-        return _dt.date.fromisoformat(text).isoformat()
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an ISO date (YYYY-MM-DD): {text!r}") from exc
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
@@ -1099,7 +1034,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Python interpreter with openvino for the IR export (default: this one, if it has openvino)",
     )
-    parser.add_argument("--date", type=_iso_date, default=DEFAULT_DATE, help="build date written to README.md")
+    parser.add_argument("--date", type=iso_date, default=DEFAULT_DATE, help="build date written to README.md")
     return parser.parse_args(argv)
 
 

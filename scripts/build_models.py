@@ -32,19 +32,15 @@ same files on the same kind of CPU.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import hashlib
-import io
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +50,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import numpy as np
+from train_common import (
+    FloatArray,
+    IntArray,
+    count_macs,
+    iso_date,
+    pct,
+    quantize_input,
+    save_npz_deterministic,
+    seed_everything,
+    sha256_file,
+    version,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -69,10 +77,6 @@ CUSTOM_OP_NAME = "EdgeRuntimeTestOnlyOp"
 CUSTOM_OP_FIXTURE = "custom_op.tflite"
 TFLITE_FILE_IDENTIFIER = b"TFL3"
 # Fixed timestamp for the .npz zip entries so that rebuilds are byte-identical.
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-
-FloatArray = np.ndarray
-IntArray = np.ndarray
 
 
 # --------------------------------------------------------------------------
@@ -93,17 +97,6 @@ class Dataset:
     input_layout: str
     data_source: dict[str, Any]
     split: str
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def load_digits_dataset(seed: int) -> Dataset:
@@ -136,13 +129,13 @@ def load_digits_dataset(seed: int) -> Dataset:
         ),
         data_source={
             "package": "scikit-learn",
-            "package_version": _version("scikit-learn"),
+            "package_version": version("scikit-learn"),
             "dataset": "sklearn.datasets.load_digits",
             "dataset_version": (
                 "UCI ML optical recognition of handwritten digits (test part), "
-                f"as bundled with scikit-learn {_version('scikit-learn')}"
+                f"as bundled with scikit-learn {version('scikit-learn')}"
             ),
-            "files_sha256": {data_file.name: _sha256_file(data_file)},
+            "files_sha256": {data_file.name: sha256_file(data_file)},
             "num_samples_total": len(y),
         },
         split=(f"sklearn.model_selection.train_test_split(test_size=0.25, stratify=y, random_state={seed})"),
@@ -206,12 +199,12 @@ def load_basicmotions_dataset() -> Dataset:
         ),
         data_source={
             "package": "aeon",
-            "package_version": _version("aeon"),
+            "package_version": version("aeon"),
             "dataset": "BasicMotions (aeon.datasets.load_basic_motions)",
             "dataset_version": (
-                f"UEA multivariate time series classification archive, as bundled with aeon {_version('aeon')}"
+                f"UEA multivariate time series classification archive, as bundled with aeon {version('aeon')}"
             ),
-            "files_sha256": {f: _sha256_file(data_dir / f) for f in files},
+            "files_sha256": {f: sha256_file(data_dir / f) for f in files},
             "num_samples_total": int(len(y_train) + len(y_test)),
         },
         split="aeon's own split: train = TRAIN file, held-out test = TEST file",
@@ -306,14 +299,6 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 MODEL_KEYS = {"digits": "digits_cnn_int8", "basicmotions": "basicmotions_int8"}
 
 
-def seed_everything(seed: int) -> None:
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(seed)  # python, numpy and TensorFlow RNGs
-    tf.config.experimental.enable_op_determinism()
-
-
 def train_model(spec: ModelSpec, data: Dataset, seed: int) -> keras.Model:
     import keras
 
@@ -380,7 +365,7 @@ def make_interpreter(model_content: bytes) -> tuple[Any, str]:
     try:
         from ai_edge_litert.interpreter import Interpreter
 
-        backend = f"ai_edge_litert {_version('ai-edge-litert')}"
+        backend = f"ai_edge_litert {version('ai-edge-litert')}"
     except ImportError:
         import tensorflow as tf
 
@@ -389,13 +374,6 @@ def make_interpreter(model_content: bytes) -> tuple[Any, str]:
     interpreter = Interpreter(model_content=model_content, num_threads=1)
     interpreter.allocate_tensors()
     return interpreter, backend
-
-
-def quantize_input(x: FloatArray, scale: float, zero_point: int) -> np.ndarray:
-    """clip(rint(x / scale) + zero_point) in float32, half to even (as edge_runtime)."""
-    q = np.rint(np.asarray(x, dtype=np.float32) / np.float32(scale)) + np.float32(zero_point)
-    q_int8: np.ndarray = np.clip(q, -128, 127).astype(np.int8)
-    return q_int8
 
 
 @dataclass
@@ -442,39 +420,9 @@ def evaluate_tflite(model_content: bytes, x: FloatArray, y: IntArray, bench_runs
     )
 
 
-def count_macs(model: keras.Model) -> int:
-    """Multiply-accumulates of the Conv/Dense layers (batch 1)."""
-    from keras import layers
-
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, layers.Conv1D | layers.Conv2D):
-            kernel = layer.kernel.shape  # (*k, cin, cout)
-            out_spatial = int(np.prod(layer.output.shape[1:-1]))
-            total += out_spatial * int(np.prod(kernel))
-        elif isinstance(layer, layers.Dense):
-            total += int(np.prod(layer.kernel.shape))
-    return total
-
-
 # --------------------------------------------------------------------------
 # Output files
 # --------------------------------------------------------------------------
-
-
-def save_npz_deterministic(path: Path, **arrays: np.ndarray) -> None:
-    """Like np.savez_compressed, but with fixed zip timestamps (byte-stable)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for key, array in arrays.items():
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            npy = io.BytesIO()
-            np.lib.format.write_array(  # type: ignore[no-untyped-call]
-                npy, np.ascontiguousarray(array), allow_pickle=False
-            )
-            zf.writestr(info, npy.getvalue())
-    path.write_bytes(buffer.getvalue())
 
 
 def rebuild_command(seed: int) -> str:
@@ -711,10 +659,6 @@ def print_summary(results: list[BuildResult]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
-def _pct(value: float) -> str:
-    return f"{100.0 * value:.2f} %"
-
-
 def write_readme(out_dir: Path, date: str) -> Path:
     """models/README.md from the sidecars present in out_dir."""
     sidecars = []
@@ -756,7 +700,7 @@ def write_readme(out_dir: Path, date: str) -> Path:
         )
         lines.append(
             f"| `{s['file']}` | {data} | {inp_txt} | {out_txt} | "
-            f"{_pct(s['float_accuracy'])} | {_pct(s['int8_accuracy'])} | "
+            f"{pct(s['float_accuracy'])} | {pct(s['int8_accuracy'])} | "
             f"{s['size_bytes']} | `{s['rebuild_command']}` |"
         )
     lines += ["", "## Inputs and preprocessing", ""]
@@ -793,13 +737,6 @@ def write_readme(out_dir: Path, date: str) -> Path:
 # --------------------------------------------------------------------------
 
 
-def _iso_date(text: str) -> str:
-    try:
-        return _dt.date.fromisoformat(text).isoformat()
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an ISO date (YYYY-MM-DD): {text!r}") from exc
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
@@ -828,7 +765,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     mode.add_argument("--no-fixtures", action="store_true", help="do not write test fixtures")
     parser.add_argument("--bench-runs", type=int, default=1000, help="LiteRT invokes timed per model (median)")
-    parser.add_argument("--date", type=_iso_date, default=DEFAULT_DATE, help="build date written to README.md")
+    parser.add_argument("--date", type=iso_date, default=DEFAULT_DATE, help="build date written to README.md")
     return parser.parse_args(argv)
 
 
