@@ -85,6 +85,7 @@ class EarlyExitModel:
         self.stage_cost_us = self._measure_costs()
         self._base_cost_us = list(self.stage_cost_us)
         self.outputs = (TensorSpec("scores", (1, len(self.labels)), np.dtype(np.float32)),)
+        self._stream_input = np.empty(self.inputs[0].shape, self.inputs[0].dtype)
         self.op_count = sum(s.op_count or 0 for s in stages)
         self.size_bytes = sum(s.size_bytes for s in stages)
 
@@ -242,8 +243,7 @@ class EarlyExitModel:
 
     def infer_in_place(self, fill: Any, index: int = 0) -> list[npt.NDArray[Any]]:
         """For streams: ``fill`` writes the (quantized) input; returns ``[scores]`` (float32, shape [1, labels])."""
-        spec = self.inputs[0]
-        buf = np.empty(spec.shape, spec.dtype)
+        buf = self._stream_input  # this model's own buffer: fill writes, infer copies it into stage 0
         fill(buf)
         result = self.infer(buf)
         self.last_result = result

@@ -21,7 +21,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import EdgeRuntimeError
-from .codec import Frame, FrameDecoder
+from .codec import DecoderStats, Frame, FrameDecoder
 
 log = logging.getLogger("edge_runtime.stream")
 
@@ -50,7 +50,7 @@ class Source(Protocol):
 
 @dataclass
 class SourceStats:
-    """Counters of one source; the decoder's own counters are under ``decoder``."""
+    """Counters of one source; a serial source's decoder counters are under ``decoder``."""
 
     frames: int = 0
     connects: int = 0
@@ -58,10 +58,12 @@ class SourceStats:
     open_failures: int = 0
     stale_warnings: int = 0
     last_error: str = ""
-    decoder: dict[str, int] = field(default_factory=dict)
+    decoder: DecoderStats | None = None  # the live counters of the source's decoder, if it has one
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        out = dict(vars(self))
+        out["decoder"] = self.decoder.as_dict() if self.decoder is not None else {}
+        return out
 
 
 def _query(text: str) -> tuple[str, dict[str, str]]:
@@ -139,6 +141,7 @@ class SerialSource:
         self.serial_options = serial_options
         self.stats = SourceStats()
         self.decoder = FrameDecoder()
+        self.stats.decoder = self.decoder.stats  # read when asked, not copied on every read
         self._buf = bytearray(read_size)
 
     def _open(self, stop: threading.Event) -> Any | None:
@@ -245,7 +248,6 @@ class SerialSource:
                 warned = True
                 stats.stale_warnings += 1
                 log.warning("edge_runtime: %s: no frame for %.1f s (sensor silent?)", self.port_url, now - last_frame)
-            stats.decoder = decoder.stats.as_dict()
         return None
 
 
