@@ -73,9 +73,10 @@ class ExitRule:
     measure: str
     threshold: float | None
 
-    def confident(self, value: float) -> bool:
+    def confident(self, value: Any) -> Any:
+        """For one confidence value (a bool) or an array of them (a bool array)."""
         if self.threshold is None:
-            return False
+            return np.zeros_like(value, dtype=bool) if isinstance(value, np.ndarray) else False
         return value <= self.threshold if self.measure == "entropy" else value >= self.threshold
 
 

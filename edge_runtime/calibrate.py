@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .bundle import confidence, write_manifest
+from .bundle import ExitRule, confidence, write_manifest
 from .early_exit import EarlyExitModel
 
 _CANDIDATES = 48
@@ -94,7 +94,7 @@ def evaluate(
     exit_at = np.full(n, n_exits - 1)
     undecided = np.ones(n, dtype=bool)
     for k, (t, measure) in enumerate(zip(thresholds, measures)):
-        ok = conf[k] <= t if measure == "entropy" else conf[k] >= t
+        ok = ExitRule(measure, t).confident(conf[k])  # the run-time rule, over every sample at once
         take = undecided & ok
         exit_at[take] = k
         undecided &= ~take

@@ -298,10 +298,11 @@ class LiteRTSession(Session):
         try:
             for idx, arr in zip(self._in_idx, arrays):
                 interp.set_tensor(idx, arr)  # copies into the interpreter's tensor
-            interp.invoke()
-        except (RuntimeError, ValueError) as exc:
-            raise InferenceError(f"invoke failed: {exc}", path=self._where, backend=NAME, device=self.device) from exc
-        return [interp.get_tensor(idx) for idx in self._out_idx]  # get_tensor returns a copy
+        except ValueError as exc:
+            raise InferenceError(
+                f"set_tensor failed: {exc}", path=self._where, backend=NAME, device=self.device
+            ) from exc
+        return self.run_prepared()  # get_tensor returns copies
 
     def close(self) -> None:
         self._interp = None
