@@ -3,8 +3,12 @@
     >>> import edge_runtime
     >>> with edge_runtime.load("models/digits_cnn_int8.tflite") as model:
     ...     scores = model.infer(x)[0]
+    ...     result = model.classify(x)       # label, confidence, exit_index, stage_us
 
-See ``load``, ``Model``, ``devices`` and the README for the device request grammar.
+``load`` returns a ``Runner`` (a ``Model`` for a file, an ``EarlyExitModel`` for a bundle
+directory); ``load_model`` and ``load_bundle`` return the concrete classes. Importing
+the package imports no backend: LiteRT and OpenVINO are imported when first used.
+See ``devices`` and the README for the device request grammar.
 """
 
 from __future__ import annotations
@@ -13,22 +17,31 @@ from .device_info import Device
 from .devices import Selection, devices, parse_request, probe, select
 from .early_exit import EarlyExitModel, EarlyExitResult, load_bundle
 from .errors import (
+    ArgumentError,
     BackendUnavailableError,
     DeviceRequestError,
     DeviceUnavailableError,
     EdgeRuntimeError,
     InferenceError,
     InputError,
+    ModelClosedError,
     ModelFileError,
     ModelLoadError,
+    SourceError,
+    StreamError,
 )
-from .model import Model, load
+from .loader import load
+from .model import Model, load_model
+from .result import Classification
+from .runner import Runner
 from .tensors import Quantization, TensorSpec, dequantize, quantize
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentError",
     "BackendUnavailableError",
+    "Classification",
     "Device",
     "DeviceRequestError",
     "DeviceUnavailableError",
@@ -38,16 +51,21 @@ __all__ = [
     "InferenceError",
     "InputError",
     "Model",
+    "ModelClosedError",
     "ModelFileError",
     "ModelLoadError",
     "Quantization",
+    "Runner",
     "Selection",
+    "SourceError",
+    "StreamError",
     "TensorSpec",
     "__version__",
     "dequantize",
     "devices",
     "load",
     "load_bundle",
+    "load_model",
     "parse_request",
     "probe",
     "quantize",

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import ModelFileError
+from .errors import ArgumentError, ModelFileError
 
 MANIFEST = "bundle.json"
 FORMAT = "edge_runtime.early_exit"
@@ -228,7 +228,7 @@ def with_thresholds(manifest: Manifest, thresholds: Sequence[float | None]) -> M
     """A copy of ``manifest`` with new exit thresholds (checked against each measure's range; None: never)."""
     exits = [s for s in manifest.stages if s.exit is not None]
     if len(thresholds) != len(exits):
-        raise ValueError(f"{len(thresholds)} thresholds for {len(exits)} exits")
+        raise ArgumentError(f"{len(thresholds)} thresholds for {len(exits)} exits", path=str(manifest.path))
     stages = []
     it = iter(thresholds)
     for s in manifest.stages:
@@ -239,10 +239,18 @@ def with_thresholds(manifest: Manifest, thresholds: Sequence[float | None]) -> M
         if value is None:
             stages.append(replace(s, exit=ExitRule(s.exit.measure, None)))
             continue
-        t = float(value)
+        try:
+            t = float(value)
+        except (TypeError, ValueError):
+            raise ArgumentError(
+                f"threshold {value!r} is not a number (or None: never)", path=str(manifest.path)
+            ) from None
         lo, hi = threshold_range(s.exit.measure, len(manifest.labels))
         if not lo <= t <= hi:
-            raise ValueError(f"threshold {t} outside [{lo:g}, {hi:.4g}] for {s.exit.measure} (or None: never)")
+            raise ArgumentError(
+                f"threshold {t} outside [{lo:g}, {hi:.4g}] for {s.exit.measure} (or None: never)",
+                path=str(manifest.path),
+            )
         stages.append(replace(s, exit=ExitRule(s.exit.measure, t)))
     return replace(manifest, stages=tuple(stages))
 
@@ -264,8 +272,13 @@ def write_manifest(manifest: Manifest, calibration: dict[str, Any] | None) -> No
         mode = 0o644
     fd, tmp = tempfile.mkstemp(prefix=".bundle.", suffix=".json", dir=manifest.path)
     try:
-        os.fchmod(fd, mode)  # mkstemp makes 0600: keep the manifest's own permissions
-        with os.fdopen(fd, "w") as fh:
+        try:
+            fh = os.fdopen(fd, "w")
+        except BaseException:
+            os.close(fd)
+            raise
+        with fh:  # owns fd from here: closed on every path
+            os.fchmod(fh.fileno(), mode)  # mkstemp makes 0600: keep the manifest's own permissions
             json.dump(raw, fh, indent=2)
             fh.write("\n")
             fh.flush()

@@ -42,6 +42,7 @@ class Calibration:
     samples: int
     max_accuracy_drop: float
     curve: tuple[Evaluation, ...]  # the Pareto front: accuracy against mean latency
+    stage_cost_spread_us: tuple[float, ...] = ()  # max - min of the pass medians, per stage
 
     def to_manifest(self, data: str) -> dict[str, Any]:
         return {
@@ -50,6 +51,7 @@ class Calibration:
             "samples": self.samples,
             "max_accuracy_drop": self.max_accuracy_drop,
             "stage_cost_us": [round(c, 1) for c in self.stage_cost_us],
+            "stage_cost_spread_us": [round(c, 1) for c in self.stage_cost_spread_us],
             "accuracy_all_stages": round(self.all_stages.accuracy, 4),
             "mean_latency_all_stages_us": round(self.all_stages.mean_latency_us, 1),
             "accuracy": round(self.chosen.accuracy, 4),
@@ -109,13 +111,26 @@ def evaluate(
 
 
 def choose(
-    model: EarlyExitModel, x: npt.NDArray[Any], y: npt.NDArray[Any], max_accuracy_drop: float = 0.01
+    model: EarlyExitModel,
+    x: npt.NDArray[Any],
+    y: npt.NDArray[Any],
+    max_accuracy_drop: float = 0.01,
+    *,
+    cost_passes: int = 7,
+    cost_runs: int = 50,
 ) -> Calibration:
     """The thresholds with the least expected latency whose accuracy stays within
-    ``max_accuracy_drop`` (a fraction: 0.01 = one percentage point) of running every stage."""
-    conf, pred, times = collect(model, x)
+    ``max_accuracy_drop`` (a fraction: 0.01 = one percentage point) of running every stage.
+
+    Stage costs (us) are measured by ``EarlyExitModel.measure_stage_costs`` with
+    ``cost_passes`` passes of ``cost_runs`` runs, on the model's own thread setting (the
+    CLI loads with one thread unless told otherwise)."""
+    conf, pred, _ = collect(model, x)
     y = np.asarray(y, dtype=np.int64).reshape(-1)
-    cost = np.median(times, axis=1)
+    # Stage costs from a run of their own (warm-up, median of several passes), not from the
+    # one pass over the data above, whose times include the first, cold runs.
+    costs, spread = model.measure_stage_costs(passes=cost_passes, runs=cost_runs)
+    cost = np.asarray(costs)
     rules = [s.exit for s in model.manifest.stages if s.exit is not None]
     measures = [r.measure for r in rules]
     never = [_never(m) for m in measures]
@@ -144,7 +159,15 @@ def choose(
     for e in sorted(evaluated, key=lambda e: (e.mean_latency_us, -e.accuracy)):
         if not front or e.accuracy > front[-1].accuracy:
             front.append(e)
-    return Calibration(chosen, all_stages, tuple(float(c) for c in cost), len(y), max_accuracy_drop, tuple(front))
+    return Calibration(
+        chosen,
+        all_stages,
+        tuple(float(c) for c in cost),
+        len(y),
+        max_accuracy_drop,
+        tuple(front),
+        tuple(spread),
+    )
 
 
 def _never(measure: str) -> float:

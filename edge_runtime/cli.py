@@ -1,8 +1,12 @@
 """The ``edge-runtime`` command: thin verbs over the library.
 
 Every verb prints a readable table, or with ``--json`` exactly one JSON object on
-standard output. Errors go to standard error as one ``edge-runtime: error: ...``
-block and exit with status 1 (usage errors: 2).
+standard output (``run``: one JSON line per result, then the summary). Errors go to
+standard error as one line ``edge-runtime: error: ...``; exit status 2 for a usage
+error (a bad option, device request or value), 1 for a runtime failure (a file that is
+not a model, a device that fails), 130 on Ctrl-C (the summary or the partial statistics
+are still printed). SIGTERM ends ``run`` and ``demo`` like Ctrl-C, with the summary,
+but exits 0: a service manager asked it to stop.
 """
 
 from __future__ import annotations
@@ -11,20 +15,27 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
 
 from . import __version__
 from .backends import REGISTRY, get_backend
 from .bench import measure
 from .devices import devices as find_devices
-from .errors import EdgeRuntimeError
-from .model import Model, load
+from .early_exit import EarlyExitModel
+from .errors import ArgumentError, DeviceRequestError, EdgeRuntimeError
+from .loader import load
+from .model import Model
+from .runner import Runner
 from .tensors import random_tensor
+
+log = logging.getLogger("edge_runtime")
 
 DEVICE_HELP = (
     "device request, repeatable (tried in order): auto, cpu, gpu, npu, tpu, fpga, litert:cpu, "
@@ -32,18 +43,96 @@ DEVICE_HELP = (
     "openvino:CPU, openvino:GPU.0, openvino:NPU, openvino:AUTO:NPU,CPU, openvino:HETERO:FPGA,CPU "
     "(default: auto)"
 )
+LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Exit status of a verb stopped by Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM: long verbs stop like Ctrl-C, print their summary, exit 0."""
+
+
+class UsageError(ArgumentError):
+    """A command-line mistake found after argparse (exit status 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the package's one-line errors: ``edge-runtime: error: ...``, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        verb = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        hint = f" (see edge-runtime {verb + ' ' if verb else ''}--help)"
+        self.exit(2, f"edge-runtime: error: {message}{hint}\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def speed_value(text: str) -> float | None:
+    """argparse type: a multiple of real time (> 0), or ``max`` (None: as fast as possible)."""
+    if text == "max":
+        return None
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"takes a multiple of real time (> 0) or 'max', got {text!r}") from None
 
 
 def _plugins(values: Sequence[str] | None) -> dict[str, str] | None:
+    """``--openvino-plugin NAME=PATH`` values as a dict, checked: the form and that the file exists."""
     if not values:
         return None
     out: dict[str, str] = {}
     for v in values:
         name, eq, path = v.partition("=")
         if not eq or not name or not path:
-            raise SystemExit(f"edge-runtime: error: --openvino-plugin takes NAME=PATH (or xml=plugins.xml), got {v!r}")
+            raise UsageError(f"--openvino-plugin takes NAME=PATH (or xml=plugins.xml), got {v!r}")
+        if not Path(path).is_file():
+            raise UsageError(f"--openvino-plugin {v}: no such file", path=path)
         out[name] = path
     return out
+
+
+def _register_plugins(plugins: dict[str, str] | None) -> None:
+    """Register the plugins now, so one that OpenVINO refuses is an error, not a silent absence."""
+    if not plugins:
+        return
+    backend = get_backend("openvino")
+    backend.core(plugins)
+    for name in plugins:
+        reason = backend.registration_error(name)
+        if reason:
+            raise EdgeRuntimeError(reason, backend="openvino", device=name)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -55,11 +144,12 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
-    print(json.dumps(obj, indent=None if args.json == "compact" else 2) if args.json else text)
+    print(json.dumps(obj, indent=2) if args.json else text, flush=True)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    found = find_devices(openvino_plugins=_plugins(args.openvino_plugin))
+    plugins = _plugins(args.openvino_plugin)
+    found = find_devices(openvino_plugins=plugins)
     runtimes: dict[str, Any] = {}
     for name in REGISTRY:
         try:
@@ -85,13 +175,15 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace) -> Model:
+def _load(args: argparse.Namespace, model: str | None = None, threads: int | None = None) -> Runner:
+    plugins = _plugins(args.openvino_plugin)
+    _register_plugins(plugins)
     return load(
-        args.model,
+        model or args.model,
         args.device or "auto",
-        num_threads=args.threads,
+        threads=args.threads if args.threads is not None else threads,
         cache_dir=args.cache_dir,
-        openvino_plugins=_plugins(args.openvino_plugin),
+        openvino_plugins=plugins,
     )
 
 
@@ -105,12 +197,6 @@ def _spec_rows(specs: Sequence[Any]) -> list[list[str]]:
     return rows
 
 
-def _is_bundle(model: Any) -> bool:
-    from .early_exit import EarlyExitModel
-
-    return isinstance(model, EarlyExitModel)
-
-
 def _rule_text(rule: dict[str, Any] | None) -> str:
     if rule is None:
         return "always"
@@ -119,22 +205,17 @@ def _rule_text(rule: dict[str, Any] | None) -> str:
     return f"{rule['measure']} {'<=' if rule['measure'] == 'entropy' else '>='} {rule['threshold']:.4g}"
 
 
-def _bundle_info(args: argparse.Namespace, model: Any) -> int:
-    desc = model.describe()
+def _attempts_text(attempts: Sequence[str]) -> str:
+    return "\n".join(f"  - {a}" for a in attempts) or "  (none)"
+
+
+def _bundle_info(args: argparse.Namespace, model: EarlyExitModel) -> int:
+    desc = model.to_dict()
     rows = []
     for k, st in enumerate(desc["stages"]):
-        rule = st["exit"]
         ins = st["inputs"][0]
         rows.append(
-            [
-                str(k),
-                st["file"],
-                f"{ins['dtype']}{ins['shape']}",
-                "always"
-                if rule is None
-                else f"{rule['measure']} {'<=' if rule['measure'] == 'entropy' else '>='} {rule['threshold']:.4g}",
-                f"{st['cost_us']:.1f}",
-            ]
+            [str(k), st["file"], f"{ins['dtype']}{ins['shape']}", _rule_text(st["exit"]), f"{st['cost_us']:.1f}"]
         )
     cal = desc["calibration"]
     cal_text = (
@@ -147,10 +228,11 @@ def _bundle_info(args: argparse.Namespace, model: Any) -> int:
         )
     )
     text = (
-        f"bundle:    {desc['path']} ({desc['name']}, {len(desc['labels'])} labels)\n"
-        f"backend:   {desc['backend']}\ndevice:    {desc['device']}  ({desc['device_full_name']})\n"
-        f"why:       {desc['reason']}\ncalibration: {cal_text}\n\n"
-        + _table(rows, ["stage", "file", "input", "exit when", "cost us"])
+        f"bundle:      {desc['path']} ({desc['name']}, {len(desc['labels'])} labels)\n"
+        f"backend:     {desc['backend']}\ndevice:      {desc['device']}  ({desc['device_full_name']}; runs on "
+        f"{', '.join(desc['execution_devices']) or '?'})\n"
+        f"why:         {desc['reason']}\npassed over:\n{_attempts_text(model.attempts)}\n"
+        f"calibration: {cal_text}\n\n" + _table(rows, ["stage", "file", "input", "exit when", "cost us"])
     )
     _emit(args, desc, text)
     return 0
@@ -158,18 +240,19 @@ def _bundle_info(args: argparse.Namespace, model: Any) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     with _load(args) as model:
-        if _is_bundle(model):
+        if isinstance(model, EarlyExitModel):
             return _bundle_info(args, model)
-        desc = model.describe()
+        assert isinstance(model, Model)
+        desc = model.to_dict()
         header = ["name", "dtype", "shape", "scale", "zero point"]
-        passed = "\n".join(f"  - {a}" for a in model.attempts) or "  (none)"
         text = (
             f"model:     {model.path} ({model.format}, {model.size_bytes} bytes, {model.op_count} ops)\n"
             f"backend:   {model.backend}\n"
             f"device:    {model.device}  ({model.device_info.full_name}; runs on "
             f"{', '.join(desc['execution_devices']) or '?'})\n"
             f"why:       {model.reason}\n"
-            f"passed over:\n{passed}\n\n"
+            f"labels:    {', '.join(model.labels) if model.labels else '(none: no sidecar)'}\n"
+            f"passed over:\n{_attempts_text(model.attempts)}\n\n"
             f"inputs:\n{_table(_spec_rows(model.inputs), header)}\n\n"
             f"outputs:\n{_table(_spec_rows(model.outputs), header)}"
         )
@@ -178,19 +261,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.runs < 1 or args.warmup < 0:
-        print("edge-runtime: error: --runs must be >= 1 and --warmup >= 0", file=sys.stderr)
-        return 2
     with _load(args) as model:
-        if _is_bundle(model) or args.data:
+        if isinstance(model, EarlyExitModel) or args.data:
             return _bench_data(args, model)
+        assert isinstance(model, Model)
         inputs = [random_tensor(spec, args.seed) for spec in model.inputs]
         x: Any = inputs[0] if len(inputs) == 1 else inputs
 
         def progress(done: int, total: int) -> None:
             print(f"bench: {done}/{total} runs", file=sys.stderr, flush=True)
 
-        st = measure(lambda: model.infer_raw(x), args.runs, args.warmup, None if args.quiet else progress)
+        st = measure(lambda: model.infer_raw(x), args.runs, args.warmup, None if args.quiet else progress, partial=True)
         result = {
             "model": str(model.path),
             "backend": model.backend,
@@ -200,6 +281,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "threads": args.threads,
             "call": "Model.infer_raw",
             "warmup": args.warmup,
+            "interrupted": st.interrupted,
             **st.to_dict(),
         }
         rows = [
@@ -212,39 +294,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 ("mean", st.mean_us),
             )
         ]
+        runs = f"{st.runs} of {args.runs} (interrupted)" if st.interrupted else str(st.runs)
         text = (
             f"model:      {model.path}\n"
             f"device:     {model.device} ({model.device_info.full_name})\n"
             f"why:        {model.reason}\n"
-            f"runs:       {st.runs} (+{args.warmup} warm-up), threads={args.threads or 'backend default'}\n\n"
-            + _table(rows, ["latency", "us"])
+            f"runs:       {runs} (+{args.warmup} warm-up), threads={args.threads or 'backend default'}\n\n"
+            + (_table(rows, ["latency", "us"]) if st.runs else "(no timed run finished)")
             + f"\n\nthroughput: {st.throughput:.1f} inferences/s (one at a time)"
         )
         _emit(args, result, text)
-    return 0
+    return EXIT_INTERRUPTED if st.interrupted else 0
 
 
-def _stream_parts(args: argparse.Namespace, model: Model) -> tuple[Any, list[str] | None]:
-    """(Preprocess, labels) from --preprocess / --labels, or the model's JSON sidecar."""
+def _preprocess(args: argparse.Namespace, model: Runner) -> Any:
+    """The stream preprocessing: --preprocess FILE, 'none', or 'auto' (the model's sidecar)."""
     from .stream.preprocess import Preprocess
 
-    sidecar = Path(args.model).with_suffix(".json")
-    labels: list[str] | None = None
-    pre = Preprocess()
-    source = args.preprocess if args.preprocess != "auto" else (str(sidecar) if sidecar.is_file() else "none")
-    if source != "none":
-        pre = Preprocess.from_sidecar(source)
-    if args.labels:
-        labels = [x.strip() for x in args.labels.split(",")]
-    elif sidecar.is_file():
-        labels = json.loads(sidecar.read_text()).get("labels")
-    return pre, labels
+    if args.preprocess == "none":
+        return Preprocess()
+    if args.preprocess != "auto":
+        return Preprocess.from_sidecar(args.preprocess)
+    side = model.sidecar if isinstance(model, Model) else None
+    return Preprocess(offset=side.offset, scale=side.scale) if side is not None else Preprocess()
 
 
 def _result_line(r: Any) -> str:
+    exit_text = f"  exit {r.exit_index}" if r.exit_index else ""
     return (
-        f"stream {r.stream_id} window {r.window:5d}  t={r.timestamp_us / 1e6:10.3f} s  {r.label:>12s} "
-        f"{r.confidence:5.2f}  latency {r.latency_us:8.1f} us"
+        f"stream {r.stream_id} window {r.window_index:5d}  t={r.timestamp_us / 1e6:10.3f} s  {r.label:>12s} "
+        f"{r.confidence:5.2f}{exit_text}  latency {r.latency_us:8.1f} us"
     )
 
 
@@ -254,6 +333,7 @@ def _summary_text(stats: Any, extra: dict[str, Any]) -> str:
         ["frames", str(stats.frames)],
         ["windows", str(stats.windows)],
         ["results", str(stats.results)],
+        ["results per exit", " / ".join(map(str, stats.exits)) or "-"],
         ["dropped (queue full)", str(stats.dropped)],
         [
             "bad frames (crc / malformed / oversize)",
@@ -268,69 +348,79 @@ def _summary_text(stats: Any, extra: dict[str, Any]) -> str:
     return _table(rows, ["summary", "value"])
 
 
-def _run_stream(
-    args: argparse.Namespace, model: Model, url: str, stop: threading.Event | None = None
-) -> tuple[Any, list[Any]]:
-    from .stream.pipeline import Stream
+def _stream_source(args: argparse.Namespace, url: str) -> Any:
     from .stream.sources import open_source
 
-    pre, labels = _stream_parts(args, model)
     options: dict[str, Any] = {}
     if args.baud:
-        options["baudrate"] = args.baud
-    source = open_source(url, **options)
+        options["baud"] = args.baud
+    if getattr(args, "wait", False):
+        options["wait"] = True
+    return open_source(url, **options)
+
+
+def _run_stream(
+    args: argparse.Namespace, model: Runner, url: str, stop: threading.Event | None = None
+) -> tuple[Any, list[Any], int]:
+    """Stream ``url`` through ``model``, printing each result; (stats, results, exit status)."""
+    from .stream.pipeline import Stream
+
+    pre = _preprocess(args, model)
+    source = _stream_source(args, url)
     # A replay or a generator is finite and can wait for inference; a live sensor cannot.
     policy = args.policy or ("block" if url.startswith(("file:", "synthetic:")) else "drop-oldest")
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     stream = Stream(
         model,
         source,
         window=args.window,
         hop=args.hop,
         preprocess=pre,
-        queue_slots=args.queue,
+        queue_slots=args.queue_slots,
         policy=policy,
         labels=labels,
     )
     kept: list[Any] = []
     if not args.json:
         print(
-            f"model {model.path} on {model.device}; source {url}; window {stream.window} hop {stream.hop}; "
-            f"preprocess {pre.describe()}",
+            f"{model.describe()}; source {url}; window {stream.window} hop {stream.hop}; preprocess {pre.describe()}",
             file=sys.stderr,
         )
+    status = 0
     results = stream.results(max_results=args.max_results, duration_s=args.duration, stop=stop)
     try:
         for r in results:
             kept.append(r)
             print(json.dumps(r.to_dict()) if args.json else _result_line(r), flush=True)
     except KeyboardInterrupt:  # Ctrl-C ends a live stream: the summary still counts
+        status = EXIT_INTERRUPTED
+    except Terminated:  # SIGTERM: a service manager stopping us is a clean end
+        status = 0
+    finally:
         results.close()
-        args.interrupted = True
-    return stream.stats, kept
+    return stream.stats, kept, status
+
+
+def _print_summary(args: argparse.Namespace, stats: Any, extra: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps({"summary": {**stats.to_dict(), **extra}}), flush=True)
+    else:
+        print("\n" + _summary_text(stats, extra), flush=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     with _load(args) as model:
-        stats, _ = _run_stream(args, model, args.source)
-    if args.json:
-        print(json.dumps({"summary": stats.as_dict()}))
-    else:
-        print("\n" + _summary_text(stats, {}))
-    return 130 if getattr(args, "interrupted", False) else 0
+        stats, _, status = _run_stream(args, model, args.source)
+    _print_summary(args, stats, {})
+    return status
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
     from .hil.emulator import Emulator, Faults, load_recording
 
     values, recorded_rate = load_recording(args.recording)
-    try:
-        rate = None if args.rate == "max" else float(args.rate) if args.rate else recorded_rate
-    except ValueError:
-        print(f"edge-runtime: error: --rate takes samples per second or 'max', got {args.rate!r}", file=sys.stderr)
-        return 2
-    if rate is not None and not rate > 0:
-        print(f"edge-runtime: error: --rate must be > 0 (or 'max'), got {args.rate}", file=sys.stderr)
-        return 2
+    rate = args.rate or recorded_rate
+    speed = args.speed
     faults = Faults(
         garbage_every=args.garbage_every,
         flip_every=args.flip_every,
@@ -346,13 +436,16 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     if args.port:
         import serial
 
-        port = serial.serial_for_url(args.port, baudrate=args.baud or 115200)
+        try:
+            port = serial.serial_for_url(args.port, baudrate=args.baud or 115200)
+        except (serial.SerialException, ValueError, OSError) as exc:
+            raise EdgeRuntimeError(f"cannot open the port: {exc}", device=args.port) from exc
         write = port.write
     emu = Emulator(
         values,
-        rate_hz=rate,
-        sample_rate_hz=recorded_rate,
-        frame_samples=args.frame,
+        rate=rate,
+        speed=speed,
+        frame_samples=args.frame_samples,
         faults=faults,
         loop=args.loop,
         link=args.link,
@@ -361,19 +454,34 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     )
     print(emu.address if not args.port else args.port, flush=True)
     print(
-        f"emulating {args.recording}: {len(values)} samples x {values.shape[1]} channels, recorded at "
-        f"{recorded_rate:g} Hz, sending at {rate or 'max'} samples/s, {args.frame} per frame",
+        f"emulating {args.recording}: {len(values)} samples x {values.shape[1]} channels at {rate:g} Hz, "
+        f"sent at {'max speed' if speed is None else f'{speed:g}x real time'}, {args.frame_samples} per frame",
         file=sys.stderr,
     )
+    status = 0
     try:
         stats = emu.run()
         emu.close(linger_s=0.5)
+        print(f"sent {stats.frames} frames, {stats.bytes} bytes", file=sys.stderr)
+    except KeyboardInterrupt:
+        status = EXIT_INTERRUPTED
+    except Terminated:
+        status = 0
     finally:
         emu.close()
         if port is not None:
             port.close()
-    print(f"sent {stats.frames} frames, {stats.bytes} bytes", file=sys.stderr)
-    return 0
+    return status
+
+
+def _demo_file(name: str) -> str:
+    """A file the demo ships with: packaged with edge_runtime, else the repository's models/."""
+    from importlib.resources import files
+
+    packaged = Path(str(files("edge_runtime") / "data" / name))
+    if packaged.is_file():
+        return str(packaged)
+    return str(Path(__file__).resolve().parents[1] / "models" / name)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -383,41 +491,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .hil.emulator import Emulator, load_recording
     from .stream.sources import FileSource
 
-    for path in (args.model, args.recording):
+    model_path = args.model or _demo_file("basicmotions_int8.tflite")
+    recording = args.recording or _demo_file("basicmotions_recording.csv")
+    for path in (model_path, recording):
         if not Path(path).is_file():
-            print(
-                f"edge-runtime: error: {path} not found (run from the repository root, or pass --model and "
-                "--recording)",
-                file=sys.stderr,
-            )
-            return 1
-    values, recorded_rate = load_recording(args.recording)
-    truth = FileSource(f"file:{args.recording}").labels
-    with tempfile.TemporaryDirectory(prefix="edge_runtime_demo_") as tmp, _load(args) as model:
+            raise EdgeRuntimeError("demo file not found (pass --model and --recording)", path=path)
+    values, recorded_rate = load_recording(recording)
+    truth = FileSource(f"file:{recording}").labels
+    with tempfile.TemporaryDirectory(prefix="edge_runtime_demo_") as tmp, _load(args, model_path) as model:
         emu = Emulator(
-            values,
-            rate_hz=recorded_rate * args.speed,
-            sample_rate_hz=recorded_rate,
-            frame_samples=args.frame,
-            link=Path(tmp) / "ttyIMU",
+            values, rate=recorded_rate, speed=args.speed, frame_samples=args.frame_samples, link=Path(tmp) / "ttyIMU"
         )
         if not args.json:
             pty_path = emu.pty.path if emu.pty else ""
             print(
-                f"emulator: {args.recording} ({len(values)} samples at {recorded_rate:g} Hz) on pty {pty_path} "
+                f"emulator: {recording} ({len(values)} samples at {recorded_rate:g} Hz) on pty {pty_path} "
                 f"(linked as {emu.address}), {args.speed:g}x real time",
                 file=sys.stderr,
             )
         stop = threading.Event()
+        sent = threading.Event()
 
         def play() -> None:
-            emu.run()  # sends once the reader has the port open, as a USB CDC device waits for DTR
-            time.sleep(0.3)  # let the last frame through the reader
-            stop.set()
+            try:
+                emu.run()  # sends once the reader has the port open, as a USB CDC device waits for DTR
+            finally:
+                sent.set()
 
         threading.Thread(target=play, name="edge_runtime-demo-emulator", daemon=True).start()
+
+        def stop_when_drained() -> None:
+            sent.wait()
+            # The last frame is on the wire: give the reader time to take it, then stop.
+            time.sleep(0.3)
+            stop.set()
+
+        threading.Thread(target=stop_when_drained, name="edge_runtime-demo-stop", daemon=True).start()
         try:
-            stats, results = _run_stream(args, model, emu.address + "?baud=921600", stop=stop)
+            stats, results, status = _run_stream(args, model, emu.address + "?baud=921600", stop=stop)
         finally:
             stop.set()
             emu.close()
@@ -426,53 +537,64 @@ def cmd_demo(args: argparse.Namespace) -> int:
         interval = 1e6 / recorded_rate
         correct = sum(truth[round(r.timestamp_us / interval)] == r.label for r in results)
         extra["accuracy vs recording labels"] = f"{correct}/{len(results)}"
-    if args.json:
-        print(json.dumps({"summary": {**stats.as_dict(), **extra}}))
-    else:
-        print("\n" + _summary_text(stats, extra))
-    return 0
+    _print_summary(args, stats, extra)
+    return status
 
 
-def _load_data(path: str) -> tuple[Any, Any]:
+def _load_data(path: str, model: Runner) -> tuple[Any, Any]:
+    """(x, y) of an .npz, x reshaped to one input per sample; ``ArgumentError`` naming what is wrong."""
     import numpy as np
 
     try:
         data = np.load(path)
-        return data["x"], data["y"]
+        x, y = data["x"], data["y"]
+    except FileNotFoundError:
+        raise ArgumentError("--data: no such file", path=path) from None
     except (OSError, KeyError, ValueError) as exc:
-        raise EdgeRuntimeError(f"--data must be an .npz with arrays x and y: {exc}", path=path) from exc
+        raise ArgumentError(f"--data must be an .npz with arrays x and y: {exc}", path=path) from exc
+    shape = model.inputs[0].shape
+    per_sample = int(np.prod(shape))
+    if len(x) != len(y) or not len(x) or int(np.prod(x.shape[1:])) != per_sample:
+        raise ArgumentError(
+            f"--data holds x{list(x.shape)} and y{list(y.shape)}: expected one sample of {per_sample} values "
+            f"(input shape {list(shape)}) per label",
+            path=path,
+        )
+    return x.reshape((len(x), *shape)), y
 
 
-def _bench_data(args: argparse.Namespace, model: Any) -> int:
+def _bench_data(args: argparse.Namespace, model: Runner) -> int:
     """Accuracy, mean and p99 latency and the exit histogram over --data, against every stage forced."""
     import numpy as np
 
     if not args.data:
-        print("edge-runtime: error: benchmarking a bundle needs --data FILE.npz (arrays x, y)", file=sys.stderr)
-        return 2
-    x, y = _load_data(args.data)
-    shape = model.inputs[0].shape
-    bundle = _is_bundle(model)
+        raise UsageError("benchmarking a bundle needs --data FILE.npz (arrays x, y)")
+    x, y = _load_data(args.data, model)
+    bundle = model if isinstance(model, EarlyExitModel) else None
     variants = [("early exit", False), ("all stages", True)] if bundle else [("model", False)]
     out: dict[str, Any] = {"model": str(model.path), "device": model.device, "samples": len(y), "variants": {}}
     rows = []
+    interrupted = False
     for name, force in variants:
-        lat, correct, exits = [], 0, []
-        for _ in range(max(1, args.repeat)):
-            for sample, label in zip(x, y):
-                xi = np.asarray(sample, dtype=np.float32).reshape(shape)
-                t0 = time.perf_counter_ns()
-                if bundle:
-                    r = model.infer(xi, force_all=force)
-                    pred, exit_k = r.label_index, r.exit_index
-                else:
-                    pred, exit_k = int(np.argmax(model.infer(xi)[0])), 0
-                lat.append((time.perf_counter_ns() - t0) / 1e3)
-                correct += int(pred == int(label))
-                exits.append(exit_k)
+        lat: list[float] = []
+        correct, exits = 0, []
+        try:
+            for _ in range(max(1, args.repeat)):
+                for sample, label in zip(x, y):
+                    xi = np.asarray(sample, dtype=np.float32)
+                    t0 = time.perf_counter_ns()
+                    r = bundle.classify(xi, force_all=force) if bundle is not None else model.classify(xi)
+                    lat.append((time.perf_counter_ns() - t0) / 1e3)
+                    correct += int(r.label_index == int(label))
+                    exits.append(r.exit_index)
+        except KeyboardInterrupt:
+            interrupted = True
+        if not lat:
+            break
         n = len(lat)
-        hist = np.bincount(exits, minlength=len(model.stages) if bundle else 1)
+        hist = np.bincount(exits, minlength=len(bundle.stages) if bundle else 1)
         v = {
+            "samples": n,
             "accuracy": round(correct / n, 4),
             "mean_us": round(float(np.mean(lat)), 1),
             "p50_us": round(float(np.median(lat)), 1),
@@ -483,49 +605,48 @@ def _bench_data(args: argparse.Namespace, model: Any) -> int:
         rows.append(
             [
                 name,
+                str(n),
                 f"{100 * v['accuracy']:.2f}",
                 f"{v['mean_us']:.1f}",
                 f"{v['p99_us']:.1f}",
                 " ".join(str(int(h)) for h in hist),
             ]
         )
-    if bundle:
+        if interrupted:
+            break
+    out["interrupted"] = interrupted
+    text = f"model:   {model.path} on {model.device}, {len(y)} samples from {args.data} (end to end through classify)"
+    text += "\n\n" + (
+        _table(rows, ["variant", "samples", "accuracy %", "mean us", "p99 us", "exits per stage"]) if rows else "(none)"
+    )
+    if bundle and len(out["variants"]) == 2:
         e, a = out["variants"]["early exit"], out["variants"]["all stages"]
         out["speedup_mean"] = round(a["mean_us"] / e["mean_us"], 2)
         out["accuracy_drop_pp"] = round(100 * (a["accuracy"] - e["accuracy"]), 2)
-    text = (
-        f"model:   {model.path} on {model.device}, {len(y)} samples from {args.data} (end to end through infer)\n\n"
-        + _table(rows, ["variant", "accuracy %", "mean us", "p99 us", "exits per stage"])
-    )
-    if bundle:
         text += (
             f"\n\nearly exit: {out['speedup_mean']}x lower mean latency, accuracy "
             f"{-out['accuracy_drop_pp']:+.2f} percentage points"
         )
+    if interrupted:
+        text += "\n\n(interrupted: partial statistics)"
     _emit(args, out, text)
-    return 0
+    return EXIT_INTERRUPTED if interrupted else 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibrate import apply, choose, plot
 
-    with _load(args) as model:
-        if not _is_bundle(model):
-            print(
-                f"edge-runtime: error: {args.model} is not an early-exit bundle (a directory with bundle.json)",
-                file=sys.stderr,
-            )
-            return 2
-        if not 0 <= args.max_accuracy_drop < 1:
-            print("edge-runtime: error: --max-accuracy-drop is a fraction in [0, 1), e.g. 0.01", file=sys.stderr)
-            return 2
-        x, y = _load_data(args.data)
-        bundle: Any = model
+    if not 0 <= args.max_accuracy_drop < 1:
+        raise UsageError("--max-accuracy-drop is a fraction in [0, 1), e.g. 0.01")
+    with _load(args, threads=1) as model:  # stage costs on one thread unless --threads says otherwise
+        if not isinstance(model, EarlyExitModel):
+            raise UsageError("not an early-exit bundle (a directory with bundle.json)", path=str(args.model))
+        x, y = _load_data(args.data, model)
         if not args.json:
             print(f"calibrating on {len(y)} samples of {args.data} (every stage runs on each) ...", file=sys.stderr)
-        cal = choose(bundle, x, y, args.max_accuracy_drop)
+        cal = choose(model, x, y, args.max_accuracy_drop)
         if not args.dry_run:
-            apply(bundle, cal, args.data)
+            apply(model, cal, args.data)
         if args.plot:
             try:
                 plot(cal, args.plot)
@@ -545,8 +666,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             [f"{e.mean_latency_us:.1f}", f"{100 * e.accuracy:.2f}", ", ".join(f"{t:.3g}" for t in e.thresholds)]
             for e in cal.curve
         ]
+        costs = ", ".join(f"{c:.1f} (+-{s / 2:.1f})" for c, s in zip(cal.stage_cost_us, cal.stage_cost_spread_us))
         text = (
-            f"stage cost (median us): {', '.join(f'{c:.1f}' for c in cal.stage_cost_us)}\n"
+            f"stage cost (median us, {args.threads or 1} thread(s)): {costs}\n"
             f"all stages: accuracy {100 * cal.all_stages.accuracy:.2f} %, "
             f"mean {cal.all_stages.mean_latency_us:.1f} us\n"
             f"chosen:     accuracy {100 * cal.chosen.accuracy:.2f} % (bound: -{100 * args.max_accuracy_drop:g} pp), "
@@ -561,16 +683,32 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # Logging options go on the main parser and on every verb, so `-v` works before or after
+    # the verb; on the verbs they default to SUPPRESS so they never undo the main parser's value.
+    log_opts = Parser(add_help=False)
+    log_opts.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log every device decision (info)"
+    )
+    log_opts.add_argument(
+        "--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help="log level on stderr (default: warning)"
+    )
+    parser = Parser(
         prog="edge-runtime",
         description="Run int8 LiteRT/TFLite and OpenVINO models on the best accelerator this machine has.",
+        epilog="Exit status: 0 ok, 1 runtime failure, 2 usage error, 130 interrupted (Ctrl-C).",
     )
     parser.add_argument("--version", action="version", version=f"edge-runtime {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every device decision to stderr")
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every device decision (info)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=None, help="log level on stderr (default: warning)")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=Parser)
+
+    def verb(name: str, help_text: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[log_opts])
+        p.set_defaults(func=func)
+        return p
 
     def common(p: argparse.ArgumentParser, model: bool = True) -> None:
-        p.add_argument("--json", action="store_const", const="pretty", help="print one JSON object instead of a table")
+        p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
         p.add_argument(
             "--openvino-plugin",
             action="append",
@@ -582,22 +720,23 @@ def build_parser() -> argparse.ArgumentParser:
                 "model",
                 help="a .tflite, OpenVINO IR .xml (with its .bin) or .onnx file, or an early-exit bundle directory",
             )
+        if model or p.prog.endswith("demo"):
             p.add_argument("-d", "--device", action="append", metavar="REQUEST", help=DEVICE_HELP)
-            p.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: backend's)")
+            p.add_argument(
+                "--threads", type=positive_int, default=None, help="CPU threads for inference (default: backend's)"
+            )
             p.add_argument("--cache-dir", default=None, help="OpenVINO compiled-model cache directory")
 
-    p = sub.add_parser("devices", help="list every accelerator found, and why the missing ones are missing")
+    p = verb("devices", "list every accelerator found, and why the missing ones are missing", cmd_devices)
     common(p, model=False)
-    p.set_defaults(func=cmd_devices)
 
-    p = sub.add_parser("info", help="show a model's inputs/outputs, quantization, op count and chosen device")
+    p = verb("info", "show a model's inputs/outputs, quantization, op count and chosen device", cmd_info)
     common(p)
-    p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("bench", help="measure Model.infer_raw latency (min/p50/p90/p99) and throughput")
+    p = verb("bench", "measure latency (min/p50/p90/p99) and throughput; with --data, accuracy too", cmd_bench)
     common(p)
-    p.add_argument("--runs", type=int, default=1000, help="timed runs (default 1000)")
-    p.add_argument("--warmup", type=int, default=50, help="untimed runs first (default 50)")
+    p.add_argument("--runs", type=positive_int, default=1000, help="timed runs (default 1000)")
+    p.add_argument("--warmup", type=non_negative_int, default=50, help="untimed runs first (default 50)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument(
@@ -605,10 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=".npz with arrays x, y: report accuracy and latency over it (bundles: against every stage)",
     )
-    p.add_argument("--repeat", type=int, default=1, help="passes over --data (default 1)")
-    p.set_defaults(func=cmd_bench)
+    p.add_argument("--repeat", type=positive_int, default=1, help="passes over --data (default 1)")
 
-    p = sub.add_parser("calibrate", help="choose early-exit thresholds: least mean latency within an accuracy bound")
+    p = verb("calibrate", "choose early-exit thresholds: least mean latency within an accuracy bound", cmd_calibrate)
     common(p)
     p.add_argument("--data", required=True, help="held-out calibration data: .npz with arrays x, y")
     p.add_argument(
@@ -619,19 +757,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--plot", default=None, metavar="PNG", help="also draw the trade-off curve (needs matplotlib)")
     p.add_argument("--dry-run", action="store_true", help="print the choice, leave bundle.json unchanged")
-    p.set_defaults(func=cmd_calibrate)
 
     def stream_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--window", type=int, default=None, help="samples per window (default: the input's time axis)")
-        p.add_argument("--hop", type=int, default=None, help="samples between window starts (default: window)")
-        p.add_argument("--baud", type=int, default=None, help="serial baud rate (or ?baud=N in the source URL)")
+        p.add_argument(
+            "--window", type=positive_int, default=None, help="samples per window (default: the input's time axis)"
+        )
+        p.add_argument(
+            "--hop", type=positive_int, default=None, help="samples between window starts (default: the window)"
+        )
+        p.add_argument("--baud", type=positive_int, default=None, help="serial baud rate (or ?baud=N in the URL)")
         p.add_argument(
             "--preprocess",
             default="auto",
-            help="JSON sidecar with a 'preprocessing' block, 'none', or 'auto' (MODEL.json if present)",
+            help="JSON sidecar with a 'preprocessing' block, 'none', or 'auto' (the model's MODEL.json if present)",
         )
-        p.add_argument("--labels", default=None, help="comma-separated class names (default: from the sidecar)")
-        p.add_argument("--queue", type=int, default=8, help="window slots between reader and inference (default 8)")
+        p.add_argument("--labels", default=None, help="comma-separated class names (default: the model's)")
+        p.add_argument(
+            "--queue-slots",
+            "--queue",
+            dest="queue_slots",
+            type=positive_int,
+            default=8,
+            help="window slots between reader and inference (default 8; --queue is the older spelling)",
+        )
         p.add_argument(
             "--policy",
             choices=["drop-oldest", "block"],
@@ -639,71 +787,128 @@ def build_parser() -> argparse.ArgumentParser:
             help="when the queue is full: drop the oldest window (counted) or block the reader "
             "(default: block for file: and synthetic: sources, drop-oldest for live ports)",
         )
-        p.add_argument("--max-results", type=int, default=None, help="stop after N results")
-        p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+        p.add_argument("--max-results", type=positive_int, default=None, help="stop after N results")
+        p.add_argument("--duration", type=positive_float, default=None, help="stop after S seconds")
 
-    p = sub.add_parser("run", help="stream a sensor source through a model, one line (or JSON line) per window")
+    p = verb("run", "stream a sensor source through a model, one line (or JSON line) per window", cmd_run)
     common(p)
     p.add_argument(
         "--source",
         required=True,
         help="serial device or pyserial URL (/dev/ttyUSB0, loop://, socket://host:port), "
-        "file:REC.csv[?speed=max|K&frame=N], or synthetic:sine|ramp[?channels=N&rate=HZ]",
+        "file:REC.csv[?speed=max|K&frame_samples=N] (plays in real time by default), "
+        "or synthetic:sine|ramp[?channels=N&rate=HZ&speed=max]",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for a serial device that is not there yet (default: fail at once if it never opened)",
     )
     stream_opts(p)
-    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("emulate", help="play a recording as a sensor over a pty (prints its path) or a serial port")
+    p = verb("emulate", "play a recording as a sensor over a pty (prints its path) or a serial port", cmd_emulate)
     p.add_argument("recording", help="CSV (timestamp_us, channels..., label) or .npy recording")
     p.add_argument("--pty", action="store_true", help="send over a new pseudo-terminal (the default)")
     p.add_argument("--port", default=None, help="send over this serial port or pyserial URL instead of a pty")
-    p.add_argument("--baud", type=int, default=None, help="baud rate for --port")
+    p.add_argument("--baud", type=positive_int, default=None, help="baud rate for --port")
     p.add_argument("--link", default=None, help="also make this path a symlink to the pty (kept across reconnects)")
-    p.add_argument("--rate", default=None, help="samples per second, or 'max' (default: the recording's rate)")
-    p.add_argument("--frame", type=int, default=10, help="samples per frame (default 10)")
+    p.add_argument(
+        "--rate", type=positive_float, default=None, help="the recording's sample rate in Hz (default: its timestamps)"
+    )
+    p.add_argument("--speed", type=speed_value, default=1.0, help="times real time, or 'max' (default 1: as recorded)")
+    p.add_argument(
+        "--frame-samples",
+        "--frame",
+        dest="frame_samples",
+        type=positive_int,
+        default=10,
+        help="samples per frame (default 10; --frame is the older spelling)",
+    )
     p.add_argument("--dtype", default="float32", help="sample type on the wire: float32, int16, ... (default float32)")
     p.add_argument("--loop", action="store_true", help="repeat the recording forever")
-    p.add_argument("--garbage-every", type=int, default=0, metavar="N", help="a burst of random bytes every N frames")
-    p.add_argument("--flip-every", type=int, default=0, metavar="N", help="flip one bit in every Nth frame")
-    p.add_argument("--drop-every", type=int, default=0, metavar="N", help="lose 3 bytes of every Nth frame")
-    p.add_argument("--pause-at", type=int, default=0, metavar="FRAME", help="go silent before this frame")
-    p.add_argument("--pause-s", type=float, default=3.0, help="how long the pause lasts (default 3 s)")
+    p.add_argument(
+        "--garbage-every", type=non_negative_int, default=0, metavar="N", help="a burst of random bytes every N frames"
+    )
+    p.add_argument("--flip-every", type=non_negative_int, default=0, metavar="N", help="flip one bit every Nth frame")
+    p.add_argument(
+        "--drop-every", type=non_negative_int, default=0, metavar="N", help="lose 3 bytes of every Nth frame"
+    )
+    p.add_argument("--pause-at", type=non_negative_int, default=0, metavar="FRAME", help="go silent before this frame")
+    p.add_argument("--pause-s", type=positive_float, default=3.0, help="how long the pause lasts (default 3 s)")
     p.add_argument(
         "--disconnect-at",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="FRAME",
         help="unplug mid-frame at this frame, then plug in again (use --link to keep the path)",
     )
-    p.add_argument("--disconnect-s", type=float, default=1.0, help="how long unplugged (default 1 s)")
+    p.add_argument("--disconnect-s", type=positive_float, default=1.0, help="how long unplugged (default 1 s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault positions")
-    p.set_defaults(func=cmd_emulate)
 
-    p = sub.add_parser("demo", help="emulator on a pty with a real IMU recording -> stream -> shipped int8 model")
+    p = verb("demo", "emulator on a pty with a real IMU recording -> stream -> shipped int8 model", cmd_demo)
     common(p, model=False)
-    p.add_argument("--model", default="models/basicmotions_int8.tflite", help="model (default: %(default)s)")
-    p.add_argument("--recording", default="models/basicmotions_recording.csv", help="recording (default: %(default)s)")
-    p.add_argument("-d", "--device", action="append", metavar="REQUEST", help=DEVICE_HELP)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
-    p.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--speed", type=float, default=100.0, help="times real time (default 100)")
-    p.add_argument("--frame", type=int, default=10, help="samples per frame (default 10)")
+    p.add_argument("--model", default=None, help="model (default: the shipped basicmotions_int8.tflite)")
+    p.add_argument("--recording", default=None, help="recording (default: the shipped basicmotions_recording.csv)")
+    p.add_argument("--speed", type=positive_float, default=100.0, help="times real time (default 100)")
+    p.add_argument(
+        "--frame-samples", "--frame", dest="frame_samples", type=positive_int, default=10, help="samples per frame"
+    )
     stream_opts(p)
-    p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = getattr(args, "log_level", None)
+    if level is None:
+        level = "info" if getattr(args, "verbose", False) else "warning"
+    logging.basicConfig(level=getattr(logging, level.upper()), format="edge-runtime: %(levelname)s: %(message)s")
+    if level != "warning":
+        logging.getLogger("edge_runtime").setLevel(getattr(logging, level.upper()))
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def _one_line(exc: EdgeRuntimeError) -> str:
+    """The error as one line: reason [path=..., device=...]; tried: a; b."""
+    text = exc._format().split("\n", 1)[0]
+    if exc.attempts:
+        text += "; tried: " + "; ".join(exc.attempts)
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging(args)
+    previous = (
+        signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         return int(args.func(args))
+    except (ArgumentError, DeviceRequestError) as exc:
+        print(f"edge-runtime: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     except EdgeRuntimeError as exc:
-        print(f"edge-runtime: error: {exc}", file=sys.stderr)
+        print(f"edge-runtime: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return 130
+        print("edge-runtime: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("edge-runtime: terminated", file=sys.stderr)
+        return 0
     except BrokenPipeError:  # e.g. `edge-runtime devices | head`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # a bug, not a user mistake: one line, the traceback in the debug log
+        log.debug("edge_runtime: internal error", exc_info=True)
+        print(
+            f"edge-runtime: internal error: {type(exc).__name__}: {exc} (a bug: rerun with --log-level debug "
+            "for the traceback, and report it)",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

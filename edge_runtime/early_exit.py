@@ -4,14 +4,18 @@ Stage k+1 runs only when exit k is not confident. The carried tensor goes from s
 k's output view straight into stage k+1's input tensor: one copy, and no dequantize /
 requantize where the two quantizations match (the shipped bundle's build makes them
 match; where they do not, the carry is requantized and ``requantized_carries`` says so).
+
+Copies per inference: the input is written once into stage 0's input tensor (quantized
+there from float by ``classify``/``infer``; written by the caller's ``fill`` on the
+streaming path, ``classify_in_place``), one copy per carry, and each exit's logits are
+dequantized once (a few floats) for the softmax. Confidence is computed once per exit.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,76 +25,64 @@ import numpy.typing as npt
 
 from .bundle import Manifest, confidence, read_manifest, softmax, with_thresholds
 from .errors import InputError, ModelLoadError
-from .model import Model, load
+from .model import Model, load_model
+from .result import Classification, label_for
+from .runner import Fill, Inputs
 from .tensors import TensorSpec, dequantize, quantize
 
 log = logging.getLogger("edge_runtime")
 
 
-@dataclass(frozen=True)
-class EarlyExitResult:
-    """One inference. ``scores`` are softmax probabilities of the exit taken (float).
+#: The result type of every runner; the older name of it, kept for code written against it.
+EarlyExitResult = Classification
 
-    ``confidence`` is that exit's measure (the last stage, which has no rule, reports max_prob).
-
-    ``exit_index`` counts from 0; ``stage_us`` holds the time of each stage that ran, in
-    microseconds; ``cut_by_deadline`` is True when a later stage was skipped because it
-    would not have fitted in ``deadline_ms``.
-    """
-
-    label: str
-    label_index: int
-    scores: npt.NDArray[np.float64]
-    exit_index: int
-    confidence: float
-    stage_us: tuple[float, ...]
-    cut_by_deadline: bool = False
-
-    @property
-    def total_us(self) -> float:
-        return float(sum(self.stage_us))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "label_index": self.label_index,
-            "exit": self.exit_index,
-            "confidence": round(self.confidence, 4),
-            "scores": [round(float(s), 4) for s in self.scores],
-            "stage_us": [round(t, 1) for t in self.stage_us],
-            "cut_by_deadline": self.cut_by_deadline,
-        }
+#: A clock in integer nanoseconds (``time.perf_counter_ns``); injectable for deterministic tests.
+Clock = Callable[[], int]
 
 
 class EarlyExitModel:
-    """A bundle loaded on one device: ``infer`` returns an ``EarlyExitResult``."""
+    """A bundle loaded on one device; a ``Runner``. ``classify`` names the class with the first
+    confident exit; ``infer`` returns that exit's scores as the one output."""
 
-    def __init__(self, manifest: Manifest, stages: list[Model]) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        stages: list[Model],
+        *,
+        labels: Sequence[str] | None = None,
+        clock: Clock = time.perf_counter_ns,
+        cost_passes: int = 5,
+    ) -> None:
         self.manifest = manifest
         self.stages = stages
-        self.path = manifest.path
+        self.path: Path = manifest.path
         self.format = "bundle"
-        self.labels = manifest.labels
+        self.labels: tuple[str, ...] | None = tuple(labels) if labels else manifest.labels
         first = stages[0]
-        self.backend = first.backend
-        self.device = first.device
+        self.backend: str = first.backend
+        self.device: str = first.device
         self.device_info = first.device_info
-        self.reason = first.reason
-        self.attempts = first.attempts
+        self.reason: str = first.reason
+        self.attempts: tuple[str, ...] = first.attempts
+        self.execution_devices: tuple[str, ...] = first.execution_devices
         self.inputs: tuple[TensorSpec, ...] = first.inputs
+        self.outputs: tuple[TensorSpec, ...] = (TensorSpec("scores", (1, len(manifest.labels)), np.dtype(np.float32)),)
         self._idx: list[tuple[int, int | None]] = []  # (logits output index, carry output index)
         self.requantized_carries: list[int] = []
+        self._clock = clock
         self._check_stages()
-        # Estimated cost of each stage (us), for deadlines; refined by every run (EWMA).
-        self.stage_cost_us = self._measure_costs()
+        #: Estimated cost of each stage (us), for deadlines: measured at load (median of
+        #: ``cost_passes`` passes), then kept current by every run (moving average).
+        self.stage_cost_us: list[float] = self.measure_stage_costs(passes=cost_passes)[0]
         self._base_cost_us = list(self.stage_cost_us)
-        self.outputs = (TensorSpec("scores", (1, len(self.labels)), np.dtype(np.float32)),)
-        self._stream_input = np.empty(self.inputs[0].shape, self.inputs[0].dtype)
         self.op_count = sum(s.op_count or 0 for s in stages)
         self.size_bytes = sum(s.size_bytes for s in stages)
 
     def _check_stages(self) -> None:
         m = self.manifest
+        for k, model in enumerate(self.stages):
+            if not model.session.capabilities.writable_inputs:
+                raise self._error(f"stage {k} ({model.path.name}): {model.backend} has no writable input buffers")
         for k, (spec, model) in enumerate(zip(m.stages, self.stages)):
             want_in, want_logits, want_carry = spec.names(model.backend)
             names = [o.name for o in model.outputs]
@@ -133,49 +125,86 @@ class EarlyExitModel:
         return ModelLoadError(
             f"bundle {self.manifest.name}: {reason}",
             path=str(self.manifest.path),
-            backend=self.backend,
-            device=self.device,
+            backend=self.stages[0].backend,
+            device=self.stages[0].device,
         )
 
-    def _measure_costs(self, runs: int = 20) -> list[float]:
-        x = np.zeros(self.inputs[0].shape, self.inputs[0].dtype)
-        for _ in range(3):
-            self._run(x, force_all=True)
-        samples = [self._run(x, force_all=True)[2] for _ in range(runs)]
-        return [float(np.median([s[k] for s in samples])) for k in range(len(self.stages))]
+    def measure_stage_costs(
+        self, *, passes: int = 5, runs: int = 20, warmup: int = 5
+    ) -> tuple[list[float], list[float]]:
+        """Each stage's cost in us: ``warmup`` untimed runs, then ``passes`` passes of ``runs``
+        runs of every stage (on a zero input); the median of each pass, then the median of
+        the passes. Returns (costs, spread), the spread being max - min of the pass medians.
+        Does not change ``stage_cost_us``.
+        """
+        spec = self.inputs[0]
+        zero = np.zeros(spec.shape, spec.dtype)
+
+        def fill(dst: npt.NDArray[Any]) -> None:
+            np.copyto(dst, zero)
+
+        for _ in range(warmup):
+            self._run(fill, force_all=True)
+        medians = []
+        for _ in range(max(1, passes)):
+            samples = [self._run(fill, force_all=True)[2] for _ in range(max(1, runs))]
+            medians.append([float(np.median([s[k] for s in samples])) for k in range(len(self.stages))])
+        per_stage = np.asarray(medians)
+        costs = [float(c) for c in np.median(per_stage, axis=0)]
+        spread = [float(c) for c in per_stage.max(axis=0) - per_stage.min(axis=0)]
+        return costs, spread
 
     @property
     def thresholds(self) -> tuple[float | None, ...]:
         return self.manifest.thresholds
 
     def set_thresholds(self, thresholds: Sequence[float | None]) -> None:
-        """Change the exit thresholds now (not saved; ``calibrate`` saves them). Checked like the manifest."""
+        """Change the exit thresholds now (not saved; ``calibrate`` saves them). Checked like the
+        manifest: ``ArgumentError`` for a wrong count or a value outside the measure's range."""
         self.manifest = with_thresholds(self.manifest, tuple(thresholds))
 
+    @property
+    def closed(self) -> bool:
+        return all(s.closed for s in self.stages)
+
     # -- inference -----------------------------------------------------------------
-    def _first_input(self, x: npt.ArrayLike) -> npt.NDArray[Any]:
+    def _writer(self, x: Inputs) -> Fill:
+        """Check ``x`` (float, or the input's dtype) and return the fill that writes it into stage 0:
+        quantized straight into the input tensor (float), or copied (already the input's dtype)."""
+        if isinstance(x, Mapping) or (isinstance(x, (list, tuple)) and len(x) == 1 and not np.isscalar(x[0])):
+            items = list(x.values()) if isinstance(x, Mapping) else list(x)
+            if len(items) != 1:
+                raise self._input_error(f"got {len(items)} inputs, a bundle takes 1")
+            x = items[0]
         a = np.asarray(x)
         spec = self.inputs[0]
         if a.shape != spec.shape:
-            raise InputError(
-                f"input shape {a.shape}, expected {spec.shape}",
-                path=str(self.path),
-                backend=self.backend,
-                device=self.device,
-            )
+            raise self._input_error(f"input shape {a.shape}, expected {spec.shape}")
         if a.dtype == spec.dtype:
-            return a
+
+            def copy_in(dst: npt.NDArray[Any]) -> None:
+                np.copyto(dst, a)
+
+            return copy_in
         if np.issubdtype(a.dtype, np.floating) and spec.quantization is not None:
             if not np.isfinite(a).all():
-                raise InputError("input holds NaN or infinity", path=str(self.path))
-            return quantize(a, spec)
-        raise InputError(f"input dtype {a.dtype.name}, expected {spec.dtype.name} or float", path=str(self.path))
+                raise self._input_error("input holds NaN or infinity: it has no quantized value")
+
+            def quantize_in(dst: npt.NDArray[Any]) -> None:
+                quantize(a, spec, out=dst)
+
+            return quantize_in
+        raise self._input_error(f"input dtype {a.dtype.name}, expected {spec.dtype.name} or float")
+
+    def _input_error(self, reason: str) -> InputError:
+        return InputError(reason, path=str(self.path), backend=self.backend, device=self.device)
 
     def _run(
-        self, x: npt.NDArray[Any], *, force_all: bool = False, deadline_ms: float | None = None
-    ) -> tuple[list[npt.NDArray[np.float64]], bool, list[float]]:
-        """Run stages; return (softmax of every exit that ran, cut by deadline, stage times in us)."""
-        clock = time.perf_counter_ns
+        self, fill: Fill, *, force_all: bool = False, deadline_ms: float | None = None
+    ) -> tuple[list[npt.NDArray[np.float64]], bool, list[float], float]:
+        """Run stages; return (softmax of every exit that ran, cut by deadline, stage times in us,
+        the confidence of the last exit that ran, by its own measure)."""
+        clock = self._clock
         start = clock()
         probs: list[npt.NDArray[np.float64]] = []
         times: list[float] = []
@@ -183,6 +212,7 @@ class EarlyExitModel:
         carry: npt.NDArray[Any] | None = None
         carry_spec: TensorSpec | None = None
         cut = False
+        conf = 0.0
         for k, (spec, model) in enumerate(zip(m.stages, self.stages)):
             if k and deadline_ms is not None and not force_all:
                 if (clock() - start) / 1e6 + self.stage_cost_us[k] / 1e3 > deadline_ms:
@@ -192,7 +222,7 @@ class EarlyExitModel:
             session = model.session
             dst = session.input_buffer(0)
             if k == 0:
-                np.copyto(dst, x)
+                fill(dst)  # the input's one write into the model
             elif k - 1 in self.requantized_carries and carry is not None and carry_spec is not None:
                 np.copyto(dst, quantize(dequantize(carry, carry_spec), model.inputs[0]))
             else:
@@ -206,7 +236,9 @@ class EarlyExitModel:
             p = softmax(dequantize(logits_view, model.outputs[li]))
             del logits_view
             probs.append(p)
-            done = spec.exit is None or (not force_all and spec.exit.confident(confidence(spec.exit.measure, p)))
+            rule = spec.exit
+            conf = confidence(rule.measure if rule is not None else "max_prob", p)
+            done = rule is None or (not force_all and rule.confident(conf))
             if not done and ci is not None:
                 carry = session.output_view(ci)  # valid until this stage runs again
                 carry_spec = model.outputs[ci]
@@ -214,16 +246,25 @@ class EarlyExitModel:
             times.append((t1 - t0) / 1e3)
             if done:
                 break
-        return probs, cut, times
+        return probs, cut, times, conf
 
-    def infer(self, x: npt.ArrayLike, *, deadline_ms: float | None = None, force_all: bool = False) -> EarlyExitResult:
-        """Run until an exit is confident (or the last stage). ``x``: float (quantized here) or the input dtype.
+    def classify(self, x: Inputs, *, deadline_ms: float | None = None, force_all: bool = False) -> Classification:
+        """Run until an exit is confident (or the last stage). ``x``: float (quantized straight into
+        stage 0's input tensor) or the input's own dtype.
 
         ``deadline_ms``: do not start a stage that, by its measured cost, would end after
         the deadline; return the best exit so far, marked ``cut_by_deadline``.
         ``force_all``: run every stage and answer with the last exit (for comparisons).
         """
-        probs, cut, times = self._run(self._first_input(x), force_all=force_all, deadline_ms=deadline_ms)
+        return self._classify(self._writer(x), deadline_ms, force_all)
+
+    def classify_in_place(self, fill: Fill, *, deadline_ms: float | None = None) -> Classification:
+        """The streaming path: ``fill`` writes the quantized input straight into stage 0's input
+        tensor (no other copy of the window is made); then as ``classify``."""
+        return self._classify(fill, deadline_ms, False)
+
+    def _classify(self, fill: Fill, deadline_ms: float | None, force_all: bool) -> Classification:
+        probs, cut, times, conf = self._run(fill, force_all=force_all, deadline_ms=deadline_ms)
         for k, t in enumerate(times):  # keep the deadline estimates current
             self.stage_cost_us[k] = 0.9 * self.stage_cost_us[k] + 0.1 * t
         if cut:  # a skipped stage is not measured: drift back toward its load-time cost, so
@@ -233,23 +274,29 @@ class EarlyExitModel:
         p = probs[-1]
         idx = int(np.argmax(p))
         rule = self.manifest.stages[exit_index].exit
-        conf = confidence(rule.measure if rule else "max_prob", p)
-        return EarlyExitResult(self.labels[idx], idx, p, exit_index, conf, tuple(times), cut)
+        return Classification(
+            label_for(idx, self.labels),
+            idx,
+            p.astype(np.float32),
+            conf,
+            exit_index,
+            tuple(times),
+            cut,
+            rule.measure if rule is not None else "max_prob",
+        )
+
+    def infer(self, x: Inputs) -> list[npt.NDArray[np.float32]]:
+        """The runner contract: ``[scores]``, the softmax of the exit taken, float32 of shape
+        ``[1, labels]`` (a new array). ``classify`` says which exit and how confident."""
+        return [self.classify(x).scores.reshape(self.outputs[0].shape)]
 
     def exits_all(self, x: npt.ArrayLike) -> tuple[list[npt.NDArray[np.float64]], list[float]]:
         """Softmax of every exit (all stages run) and each stage's time in us: calibration's raw data."""
-        probs, _, times = self._run(self._first_input(x), force_all=True)
+        probs, _, times, _ = self._run(self._writer(x), force_all=True)
         return probs, times
 
-    def infer_in_place(self, fill: Any, index: int = 0) -> list[npt.NDArray[Any]]:
-        """For streams: ``fill`` writes the (quantized) input; returns ``[scores]`` (float32, shape [1, labels])."""
-        buf = self._stream_input  # this model's own buffer: fill writes, infer copies it into stage 0
-        fill(buf)
-        result = self.infer(buf)
-        self.last_result = result
-        return [result.scores.astype(np.float32).reshape(1, -1)]
-
-    def describe(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
+        """Everything ``edge-runtime info`` shows for a bundle, as plain data."""
         return {
             "path": str(self.path),
             "format": "bundle",
@@ -257,9 +304,12 @@ class EarlyExitModel:
             "backend": self.backend,
             "device": self.device,
             "device_full_name": self.device_info.full_name,
+            "execution_devices": list(self.execution_devices),
             "reason": self.reason,
-            "passed_over": list(self.attempts),
-            "labels": list(self.labels),
+            "attempts": list(self.attempts),
+            "labels": list(self.labels or ()),
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
             "stages": [
                 {
                     "file": m.path.name,
@@ -276,13 +326,16 @@ class EarlyExitModel:
             "calibration": self.manifest.calibration,
         }
 
+    def describe(self) -> str:
+        """One line: ``bundle digits_early_exit (3 stages) on litert:cpu (...)``."""
+        return (
+            f"bundle {self.manifest.name} ({len(self.stages)} stages) on {self.device} ({self.device_info.full_name})"
+        )
+
     def close(self) -> None:
+        """Release every stage. Safe to call twice; afterwards calls raise ``ModelClosedError``."""
         for s in self.stages:
             s.close()
-
-    @property
-    def closed(self) -> bool:
-        return all(s.closed for s in self.stages)
 
     def __enter__(self) -> EarlyExitModel:
         return self
@@ -292,25 +345,36 @@ class EarlyExitModel:
     ) -> None:
         self.close()
 
+    def __repr__(self) -> str:
+        return f"<EarlyExitModel {self.manifest.name} {self.backend} {'closed' if self.closed else self.device}>"
 
-def load_bundle(path: str | Path, device: str | Sequence[str] = "auto", **options: Any) -> EarlyExitModel:
-    """Load every stage of the bundle at ``path`` on one device (the one stage 0 lands on)."""
+
+def load_bundle(
+    path: str | Path, device: str | Sequence[str] = "auto", *, labels: Sequence[str] | None = None, **options: Any
+) -> EarlyExitModel:
+    """Load every stage of the bundle at ``path`` on one device (the one stage 0 lands on).
+
+    ``options`` are ``load_model``'s (threads, cache_dir, ...). Raises ``ModelFileError`` for
+    a bad manifest, and what ``load_model`` raises for a stage.
+    """
     manifest = read_manifest(path)
     stages: list[Model] = []
     try:
         first = manifest.stages[0]
         file0 = first.tflite or first.openvino
         assert file0 is not None
-        m0 = load(manifest.path / file0, device, **options)
+        m0 = load_model(manifest.path / file0, device, sidecar=False, **options)
         if m0.backend == "openvino" and first.openvino and file0 != first.openvino:
             m0.close()
-            m0 = load(manifest.path / first.openvino, m0.device, **options)  # IR where the bundle has one
+            m0 = load_model(
+                manifest.path / first.openvino, m0.device, sidecar=False, **options
+            )  # IR where there is one
         stages.append(m0)
         for spec in manifest.stages[1:]:
             name = spec.openvino if m0.backend == "openvino" and spec.openvino else (spec.tflite or spec.openvino)
             assert name is not None
-            stages.append(load(manifest.path / name, m0.device, **options))
-        return EarlyExitModel(manifest, stages)
+            stages.append(load_model(manifest.path / name, m0.device, sidecar=False, **options))
+        return EarlyExitModel(manifest, stages, labels=labels)
     except BaseException:
         for s in stages:
             s.close()

@@ -70,3 +70,26 @@ class InputError(EdgeRuntimeError):
 
 class InferenceError(EdgeRuntimeError):
     """The backend failed while running the model."""
+
+
+class ArgumentError(EdgeRuntimeError, ValueError):
+    """A value given to the package is out of range or unknown (a thread count of 0, a window
+    of 0, an unknown key in a source URL or sidecar, a threshold outside its measure's range).
+
+    Also a ``ValueError``, so ``except ValueError`` written against older releases still
+    catches it. The CLI reports it as a usage error (exit status 2).
+    """
+
+
+class ModelClosedError(InferenceError):
+    """The model (or session) was closed; every backend raises this after ``close()``."""
+
+
+class SourceError(EdgeRuntimeError):
+    """A sensor source that cannot be opened or read for a reason retrying will not fix
+    (a path that does not exist and was never opened, a bad recording, a bad URL)."""
+
+
+class StreamError(EdgeRuntimeError):
+    """A stream used the wrong way (``results()`` consumed twice at once), or its reader
+    thread did not stop in time."""

@@ -1,14 +1,25 @@
-"""``load()`` and ``Model``: one API over every backend.
+"""``load_model()`` and ``Model``: one model file on one device, over every backend.
 
-``load`` reads and checks the file, finds devices, asks the pure ``select()`` for
+``load_model`` reads and checks the file, finds devices, asks the pure ``select()`` for
 the order to try them in, and tries each until one loads. Every device passed over
 or failed keeps its reason on ``Model.attempts``; a fallback is logged as a warning.
+``edge_runtime.load`` (in ``loader.py``) is the one door for files and bundles alike.
+
+Copies on the per-inference paths (each one counted):
+
+- ``infer``: float input is quantized straight into the backend's input tensor (one
+  write; an input already of the tensor's dtype is one copy), outputs are dequantized
+  from the backend's output memory into new float32 arrays the caller owns.
+- ``infer_raw``: one copy in (into the input tensor), one copy out per output.
+- ``classify_in_place``: the caller writes the input tensor itself; only the first
+  output is read, dequantized into the new float32 ``scores`` of the result.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,27 +32,35 @@ from .backends.base import Session
 from .device_info import Device
 from .devices import Candidate, Selection, parse_request, probe, select
 from .errors import (
+    ArgumentError,
     BackendUnavailableError,
     DeviceRequestError,
     DeviceUnavailableError,
-    InferenceError,
     InputError,
+    ModelClosedError,
     ModelLoadError,
 )
 from .model_file import READERS, ModelSource, read_model_file
-from .tensors import TensorSpec, dequantize, quantize
+from .result import Classification, top_score
+from .runner import Fill, Inputs
+from .sidecar import Sidecar, read_sidecar, sidecar_path
+from .tensors import TensorSpec, dequantize, quantize, unquantized_message
 
 log = logging.getLogger("edge_runtime")
 
-#: What ``infer`` accepts: one array (single-input models), a list in input order, or name -> array.
-Inputs = npt.ArrayLike | Sequence[npt.ArrayLike] | Mapping[str, npt.ArrayLike]
-
 
 class Model:
-    """A model loaded on one device. Create with ``edge_runtime.load``; close when done."""
+    """A model file loaded on one device; a ``Runner``. Create with ``edge_runtime.load``; close when done."""
 
     def __init__(
-        self, session: Session, source: ModelSource, chosen: Candidate, selection: Selection, attempts: Sequence[str]
+        self,
+        session: Session,
+        source: ModelSource,
+        chosen: Candidate,
+        selection: Selection,
+        attempts: Sequence[str],
+        sidecar: Sidecar | None = None,
+        labels: Sequence[str] | None = None,
     ) -> None:
         self._session: Session | None = session
         self.path: Path = source.path
@@ -59,15 +78,22 @@ class Model:
         self.inputs: tuple[TensorSpec, ...] = session.inputs
         self.outputs: tuple[TensorSpec, ...] = session.outputs
         self.op_count: int | None = session.op_count
+        #: Where the ops really run, as far as the backend can tell (OpenVINO EXECUTION_DEVICES).
+        self.execution_devices: tuple[str, ...] = session.execution_devices
+        #: The JSON sidecar read beside the model (labels, preprocessing), if there was one.
+        self.sidecar: Sidecar | None = sidecar
+        #: Class names: ``labels=`` given to ``load``, else the sidecar's, else None.
+        self.labels: tuple[str, ...] | None = tuple(labels) if labels else (sidecar.labels if sidecar else None)
         self._names = {s.name: i for i, s in enumerate(self.inputs)}
         first = self.inputs[0] if len(self.inputs) == 1 else None
         self._fast = (first.dtype, first.shape) if first is not None else None
+        self._writable = session.capabilities.writable_inputs
 
     @property
     def session(self) -> Session:
         """The backend session (for the streaming layer's in-place writes)."""
         if self._session is None:
-            raise InferenceError("model is closed", path=str(self.path), backend=self.backend, device=self.device)
+            raise ModelClosedError("model is closed", path=str(self.path), backend=self.backend, device=self.device)
         return self._session
 
     @property
@@ -87,7 +113,7 @@ class Model:
             return session.run([x])
         return session.run(self._arrays(x, convert=False))
 
-    def infer_in_place(self, fill: Callable[[npt.NDArray[Any]], None], index: int = 0) -> list[npt.NDArray[Any]]:
+    def infer_in_place(self, fill: Fill, index: int = 0) -> list[npt.NDArray[Any]]:
         """Let ``fill`` write input ``index`` straight into the backend's tensor, then run.
 
         ``fill`` gets a writable view of the input tensor's own memory (the model's
@@ -95,34 +121,77 @@ class Model:
         refuses to invoke while one is alive). Returns raw outputs, as ``infer_raw``.
         """
         session = self.session
-        if not session.capabilities.writable_inputs:  # a backend without its own buffers: one copy
-            spec = self.inputs[index]
-            buf = np.empty(spec.shape, spec.dtype)
-            fill(buf)
-            arrays = [buf] if len(self.inputs) == 1 else None
-            if arrays is None:
-                raise InputError(
-                    "infer_in_place needs writable input buffers for multi-input models",
-                    path=str(self.path),
-                    backend=self.backend,
-                    device=self.device,
-                )
-            return session.run(arrays)
+        if not self._writable:
+            return session.run([self._filled(fill, index)])
         view = session.input_buffer(index)
         fill(view)
         del view
         return session.run_prepared()
 
+    def _filled(self, fill: Fill, index: int) -> npt.NDArray[Any]:
+        """For a backend without writable input buffers: fill a new array (one copy more)."""
+        if len(self.inputs) != 1:
+            raise self._input_error("in-place writes need writable input buffers for multi-input models")
+        spec = self.inputs[index]
+        buf = np.empty(spec.shape, spec.dtype)
+        fill(buf)
+        return buf
+
     def infer(self, x: Inputs) -> list[npt.NDArray[np.float32]]:
         """Run once; float inputs are quantized to the model's int8/uint8 inputs, outputs dequantized.
 
-        An array already of the input's dtype passes unchanged. Returns float32 arrays,
+        Float input is quantized straight into the input tensor (``clip(rint(x / scale) + zp)``);
+        an array already of the input's dtype is copied in unchanged. Returns float32 arrays,
         one per output, new and owned by the caller.
         """
-        raw = self.session.run(self._arrays(x, convert=True))
-        return [dequantize(r, spec) for r, spec in zip(raw, self.outputs)]
+        session = self.session
+        if not self._writable:
+            raw = session.run(self._arrays(x, convert=True))
+            return [dequantize(r, spec) for r, spec in zip(raw, self.outputs)]
+        for i, (a, spec) in enumerate(zip(self._items(x), self.inputs)):
+            self._check(a, spec, convert=True)
+            buf = session.input_buffer(i)
+            if a.dtype == spec.dtype:
+                np.copyto(buf, a)
+            elif spec.quantization is not None:
+                quantize(a, spec, out=buf)
+            else:
+                np.copyto(buf, a, casting="same_kind")  # float into a float tensor
+            del buf  # LiteRT refuses to invoke while a view of its tensors is alive
+        session.invoke()
+        out = []
+        for i, spec in enumerate(self.outputs):
+            view = session.output_view(i)
+            out.append(dequantize(view, spec))  # the one copy out, owned by the caller
+            del view
+        return out
 
-    def _arrays(self, x: Inputs, *, convert: bool) -> list[npt.NDArray[Any]]:
+    def classify(self, x: Inputs, *, deadline_ms: float | None = None) -> Classification:
+        """Run once and name the class of the first output (``deadline_ms`` is for bundles; ignored)."""
+        t0 = time.perf_counter_ns()
+        scores = self.infer(x)[0].reshape(-1)
+        return top_score(scores, self.labels, (time.perf_counter_ns() - t0) / 1e3)
+
+    def classify_in_place(self, fill: Fill, *, deadline_ms: float | None = None) -> Classification:
+        """The streaming path: ``fill`` writes input 0 in place (see ``infer_in_place``); only the
+        first output is read, dequantized into the result's new ``scores``."""
+        session = self.session
+        t0 = time.perf_counter_ns()
+        spec = self.outputs[0]
+        if not self._writable:
+            scores = dequantize(session.run([self._filled(fill, 0)])[0], spec).reshape(-1)
+        else:
+            view = session.input_buffer(0)
+            fill(view)
+            del view
+            session.invoke()
+            out = session.output_view(0)
+            scores = dequantize(out, spec).reshape(-1)
+            del out
+        return top_score(scores, self.labels, (time.perf_counter_ns() - t0) / 1e3)
+
+    def _items(self, x: Inputs) -> list[npt.NDArray[Any]]:
+        """The inputs in model order, as arrays (no copy of an array), counted and named."""
         if isinstance(x, Mapping):
             unknown = sorted(set(x) - set(self._names))
             missing = sorted(set(self._names) - set(x))
@@ -137,30 +206,37 @@ class Model:
             items = [x]  # type: ignore[list-item]
         if len(items) != len(self.inputs):
             raise self._input_error(f"got {len(items)} inputs, the model takes {len(self.inputs)}")
-        return [self._one(np.asarray(a), spec, convert) for a, spec in zip(items, self.inputs)]
+        return [np.asarray(a) for a in items]
 
-    def _one(self, a: npt.NDArray[Any], spec: TensorSpec, convert: bool) -> npt.NDArray[Any]:
+    def _arrays(self, x: Inputs, *, convert: bool) -> list[npt.NDArray[Any]]:
+        arrays = []
+        for a, spec in zip(self._items(x), self.inputs):
+            self._check(a, spec, convert)
+            if a.dtype != spec.dtype:
+                a = quantize(a, spec) if spec.quantization is not None else a.astype(spec.dtype)
+            arrays.append(a)
+        return arrays
+
+    def _check(self, a: npt.NDArray[Any], spec: TensorSpec, convert: bool) -> None:
+        """Raise ``InputError`` unless ``a`` can go into ``spec``: same dtype, or (``convert``)
+        finite float into a quantized integer tensor or a float tensor."""
         if a.shape != spec.shape:
             raise self._input_error(f"input {spec.name!r}: shape {a.shape}, expected {spec.shape}")
         if a.dtype == spec.dtype:
-            return a
+            return
         if convert and np.issubdtype(a.dtype, np.floating):
             if not np.isfinite(a).all():
                 raise self._input_error(f"input {spec.name!r} holds NaN or infinity: it has no quantized value")
-            if spec.quantization is not None:
-                return quantize(a, spec)
-            if np.issubdtype(spec.dtype, np.floating):
-                return a.astype(spec.dtype)
-            raise self._input_error(
-                f"input {spec.name!r} is {spec.dtype.name} with unknown quantization: pass {spec.dtype.name} values"
-            )
+            if spec.quantization is not None or np.issubdtype(spec.dtype, np.floating):
+                return
+            raise self._input_error(unquantized_message(spec))
         hint = "" if convert else " (infer_raw converts nothing; use infer for float input)"
         raise self._input_error(f"input {spec.name!r}: dtype {a.dtype.name}, expected {spec.dtype.name}{hint}")
 
     def _input_error(self, reason: str) -> InputError:
         return InputError(reason, path=str(self.path), backend=self.backend, device=self.device)
 
-    def describe(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Everything ``edge-runtime info`` shows, as plain data."""
         return {
             "path": str(self.path),
@@ -170,16 +246,21 @@ class Model:
             "device": self.device,
             "device_full_name": self.device_info.full_name,
             "device_kind": self.device_info.kind,
-            "execution_devices": list(self.session.execution_devices) if self._session else [],
+            "execution_devices": list(self.execution_devices),
             "reason": self.reason,
-            "passed_over": list(self.attempts),
+            "attempts": list(self.attempts),
             "op_count": self.op_count,
+            "labels": list(self.labels) if self.labels else None,
             "inputs": [s.to_dict() for s in self.inputs],
             "outputs": [s.to_dict() for s in self.outputs],
         }
 
+    def describe(self) -> str:
+        """One line: ``digits_cnn_int8.tflite on litert:cpu (x86_64 CPU, ...)``."""
+        return f"{self.path.name} on {self.device} ({self.device_info.full_name})"
+
     def close(self) -> None:
-        """Release the backend session. Safe to call twice."""
+        """Release the backend session. Safe to call twice; afterwards calls raise ``ModelClosedError``."""
         session, self._session = self._session, None
         if session is not None:
             session.close()
@@ -197,58 +278,39 @@ class Model:
         return f"<Model {self.path.name} {self.backend} {state}>"
 
 
-def load(
+def check_threads(threads: int | None) -> None:
+    """Raise ``ArgumentError`` unless ``threads`` is None or a whole number >= 1."""
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ArgumentError(f"threads must be a whole number >= 1 (or None for the backend's default), got {threads!r}")
+
+
+def load_model(
     path: str | Path,
     device: str | Sequence[str] = "auto",
     *,
-    num_threads: int | None = None,
+    threads: int | None = None,
     performance_hint: str | None = "LATENCY",
     cache_dir: str | Path | None = None,
     openvino_config: dict[str, Any] | None = None,
     openvino_plugins: dict[str, str] | None = None,
     devices: Sequence[Device] | None = None,
+    labels: Sequence[str] | None = None,
+    sidecar: bool = True,
 ) -> Model:
-    """Load a ``.tflite``, OpenVINO IR ``.xml`` or ``.onnx`` model on the best requested device.
+    """Load one ``.tflite``, OpenVINO IR ``.xml`` or ``.onnx`` file on the best requested device.
 
-    A directory holding ``bundle.json`` loads as an early-exit bundle and returns an
-    ``EarlyExitModel`` (its ``infer`` returns an ``EarlyExitResult``). The annotation says
-    ``Model`` for the common case: call ``edge_runtime.load_bundle`` where a type checker
-    should see ``EarlyExitModel``.
-
-    ``device``: one request or a list tried in order (grammar: ``edge_runtime.devices``).
-    ``num_threads``: CPU threads for inference (None: the backend's default).
-    ``performance_hint``, ``cache_dir``, ``openvino_config``: OpenVINO compile options.
-    ``openvino_plugins``: extra OpenVINO plugins, device name -> library path.
-    ``devices``: the device table to select from (default: ``probe()`` now).
-
-    Raises ``ModelFileError`` for a bad file, ``DeviceRequestError`` for a request that
-    does not parse, ``DeviceUnavailableError`` when no requested device is there, and
-    ``ModelLoadError`` when every candidate failed to load (each reason listed).
+    ``edge_runtime.load`` takes the same arguments and also loads bundles; this is the
+    precisely typed door for a model file. ``sidecar``: read ``MODEL.json`` beside the
+    file (labels, preprocessing) when it exists; a malformed one is an ``ArgumentError``.
+    See ``edge_runtime.load`` for the rest.
     """
     requests = [parse_request(r) for r in ([device] if isinstance(device, str) else device)]
     if not requests:
         raise DeviceRequestError("empty device request list", path=str(path))
-    if num_threads is not None and (
-        not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1
-    ):
-        raise ValueError(
-            f"num_threads must be a whole number >= 1 (or None for the backend's default), got {num_threads!r}"
-        )
-    if Path(path).is_dir() and (Path(path) / "bundle.json").is_file():
-        from .early_exit import load_bundle  # a bundle loads through the same door
-
-        return load_bundle(
-            path,
-            device,
-            num_threads=num_threads,
-            performance_hint=performance_hint,  # type: ignore[return-value]
-            cache_dir=cache_dir,
-            openvino_config=openvino_config,
-            openvino_plugins=openvino_plugins,
-            devices=devices,
-        )
+    check_threads(threads)
     source = read_model_file(path)
     where = str(source.path)
+    side = read_sidecar(sidecar_path(source.path)) if sidecar and sidecar_path(source.path).is_file() else None
     readers = READERS[source.format]
     if devices is None:
         wanted = {r.backend for r in requests if r.backend} if all(r.backend for r in requests) else set(readers)
@@ -264,7 +326,7 @@ def load(
             attempts=attempts,
         )
     options = {
-        "num_threads": num_threads,
+        "num_threads": threads,
         "performance_hint": performance_hint,
         "cache_dir": str(cache_dir) if cache_dir else None,
         "openvino_config": openvino_config,
@@ -281,7 +343,7 @@ def load(
         if attempts:
             log.info("edge_runtime: %s loaded on %s after: %s", where, session.device, "; ".join(attempts))
         try:
-            return Model(session, source, cand, selection, attempts)
+            return Model(session, source, cand, selection, attempts, side, labels)
         except BaseException:
             session.close()
             raise

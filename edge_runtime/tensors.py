@@ -145,3 +145,12 @@ def random_tensor(spec: TensorSpec, seed: int = 0) -> npt.NDArray[Any]:
         return ints
     floats: npt.NDArray[Any] = rng.standard_normal(spec.shape).astype(spec.dtype)
     return floats
+
+
+def unquantized_message(spec: TensorSpec) -> str:
+    """Why float values cannot go into integer tensor ``spec`` (no quantization known): shared by
+    ``Model.infer`` and stream preprocessing, so both refuse the same way."""
+    return (
+        f"input {spec.name!r} is {spec.dtype.name} with unknown quantization: float values have no defined "
+        f"{spec.dtype.name} value; pass {spec.dtype.name} values (streams: a source of that type, no preprocessing)"
+    )

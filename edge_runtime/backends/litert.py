@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import ctypes.util
 import importlib
+import logging
 import os
 import platform
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -21,12 +26,14 @@ import numpy as np
 import numpy.typing as npt
 
 from ..device_info import Device
-from ..errors import BackendUnavailableError, InferenceError, ModelLoadError
+from ..errors import BackendUnavailableError, InferenceError, ModelClosedError, ModelLoadError
 from ..model_file import ModelSource
 from ..tensors import Quantization, TensorSpec
 from .base import Capabilities, Session
 
 NAME = "litert"
+#: What the TFLite library itself prints (see ``native_stderr_to_log``).
+native_log = logging.getLogger("edge_runtime.litert")
 
 #: Interpreter modules in order of preference: (import name, distribution name).
 _MODULES = (
@@ -88,8 +95,36 @@ def _import_runtime() -> Runtime:
         _runtime = Runtime(module_name, dist, version, interp, load_delegate)
         return _runtime
     hint = f" (EDGE_RUNTIME_TFLITE={forced})" if forced else ""
-    _runtime_error = "no TFLite interpreter importable" + hint + ": " + "; ".join(tried or ["nothing matched"])
+    _runtime_error = (
+        "no TFLite interpreter importable"
+        + hint
+        + ": "
+        + "; ".join(tried or ["nothing matched"])
+        + ". "
+        + _install_hint(forced)
+    )
     raise BackendUnavailableError(_runtime_error, backend=NAME)
+
+
+def _install_hint(forced: str) -> str:
+    """Which package (and edge-runtime extra) gives this machine a TFLite interpreter."""
+    import sys
+
+    for module_name, dist in _MODULES:
+        if forced and forced in (module_name.split(".")[0], dist):
+            return f"Install {dist} (pip install {dist}), or unset EDGE_RUNTIME_TFLITE"
+    machine = platform.machine()
+    if machine.startswith(("armv6", "armv7")):  # 32-bit ARM: no ai-edge-litert wheel
+        if sys.version_info < (3, 12):
+            return (
+                f"On {machine} install tflite-runtime: pip install 'tflite-runtime>=2.14' 'numpy<2' "
+                "(the [tflite-runtime] extra; ai-edge-litert has no wheel for 32-bit ARM)"
+            )
+        return (
+            f"On {machine} with Python {sys.version_info.major}.{sys.version_info.minor} no TFLite wheel exists "
+            "(ai-edge-litert: no 32-bit ARM wheels; tflite-runtime: Python <= 3.11): use Python 3.11 or a 64-bit OS"
+        )
+    return "Install ai-edge-litert: pip install ai-edge-litert (the [litert] extra)"
 
 
 def _version(dist: str) -> str:
@@ -212,6 +247,40 @@ def _missing_delegate_symbols(library: str) -> str:
     return f"not a TFLite external delegate (missing {', '.join(absent)})" if absent else ""
 
 
+@contextmanager
+def native_stderr_to_log() -> Iterator[None]:
+    """Route what the TFLite library writes to file descriptor 2 into the ``edge_runtime.litert`` log.
+
+    The library prints ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`` on the
+    first ``allocate_tensors`` of a process, and no setting silences it; its ``INFO:``
+    lines become INFO records (shown with ``edge-runtime -v``), anything else a WARNING.
+    While this runs (one ``allocate_tensors``), other writes to fd 2 from this process are
+    held back and logged the same way.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (closed, or a sandbox): leave it alone
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as held:
+            os.dup2(held.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                held.seek(0)
+                text = held.read().decode("utf-8", errors="replace")
+                for line in text.splitlines():
+                    if line.startswith("INFO: "):
+                        native_log.info("%s", line[6:])
+                    elif line.strip():
+                        native_log.warning("%s", line)
+    finally:
+        os.close(saved)
+
+
 class LiteRTSession(Session):
     """A TFLite interpreter holding one model, tensors allocated."""
 
@@ -242,7 +311,8 @@ class LiteRTSession(Session):
                 device=self.device,
             ) from exc
         try:
-            self._interp.allocate_tensors()
+            with native_stderr_to_log():
+                self._interp.allocate_tensors()
             ins = self._interp.get_input_details()
             outs = self._interp.get_output_details()
             ops = getattr(self._interp, "_get_ops_details", None)
@@ -266,14 +336,14 @@ class LiteRTSession(Session):
         ``run_prepared``.
         """
         if self._interp is None:
-            raise InferenceError("session is closed", path=self._where, backend=NAME, device=self.device)
+            raise self._closed()
         view: npt.NDArray[Any] = self._interp.tensor(self._in_idx[index])()
         return view
 
     def invoke(self) -> None:
         interp = self._interp
         if interp is None:
-            raise InferenceError("session is closed", path=self._where, backend=NAME, device=self.device)
+            raise self._closed()
         try:
             interp.invoke()
         except (RuntimeError, ValueError) as exc:
@@ -281,20 +351,24 @@ class LiteRTSession(Session):
 
     def output_view(self, index: int) -> npt.NDArray[Any]:
         if self._interp is None:
-            raise InferenceError("session is closed", path=self._where, backend=NAME, device=self.device)
+            raise self._closed()
         view: npt.NDArray[Any] = self._interp.tensor(self._out_idx[index])()
         return view
 
     def run_prepared(self) -> list[npt.NDArray[Any]]:
         self.invoke()
         interp = self._interp
-        assert interp is not None
+        if interp is None:
+            raise self._closed()
         return [interp.get_tensor(idx) for idx in self._out_idx]
+
+    def _closed(self) -> ModelClosedError:
+        return ModelClosedError("model is closed", path=self._where, backend=NAME, device=self.device)
 
     def run(self, arrays: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
         interp = self._interp
         if interp is None:
-            raise InferenceError("session is closed", path=self._where, backend=NAME, device=self.device)
+            raise self._closed()
         try:
             for idx, arr in zip(self._in_idx, arrays):
                 interp.set_tensor(idx, arr)  # copies into the interpreter's tensor

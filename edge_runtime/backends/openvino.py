@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..device_info import Device, openvino_kind
-from ..errors import BackendUnavailableError, InferenceError, ModelLoadError
+from ..errors import BackendUnavailableError, InferenceError, ModelClosedError, ModelLoadError
 from ..model_file import ONNX, OPENVINO_IR, ModelSource
 from ..tensors import Quantization, TensorSpec
 from .base import Capabilities, Session
@@ -40,7 +40,14 @@ def _ov() -> Any:
     try:
         import openvino
     except Exception as exc:
-        _import_error = f"cannot import openvino: {type(exc).__name__}: {exc}"
+        import platform
+
+        machine = platform.machine()
+        if machine in ("x86_64", "AMD64", "aarch64", "arm64"):
+            hint = "install it: pip install openvino (the [openvino] extra)"
+        else:  # e.g. armv7l (32-bit Raspberry Pi OS): OpenVINO publishes no wheel or source release
+            hint = f"OpenVINO publishes no wheel for {machine} (only x86_64 and 64-bit ARM): use the litert backend"
+        _import_error = f"cannot import openvino: {type(exc).__name__}: {exc}; {hint}"
         raise BackendUnavailableError(_import_error, backend=NAME) from exc
     return openvino
 
@@ -82,6 +89,11 @@ def core(plugins: dict[str, str] | None = None) -> Any:
         except RuntimeError as exc:
             _registered[name] = f"plugin {library} could not be registered: {_first_line(exc)}"
     return _core
+
+
+def registration_error(name: str) -> str:
+    """Why plugin ``name`` could not be registered ("" if it was, or was never asked for)."""
+    return _registered.get(name, "")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -316,23 +328,36 @@ class OpenVINOSession(Session):
             self.execution_devices = tuple(str(d) for d in self._compiled.get_property("EXECUTION_DEVICES"))
         except RuntimeError:
             self.execution_devices = (target,)
-        self._request = self._compiled.create_infer_request()
-        self.inputs = tuple(
-            TensorSpec(_port_name(p, f"input{i}"), tuple(p.get_shape()), np.dtype(p.get_element_type().to_dtype()), q)
-            for i, (p, q) in enumerate(zip(self._compiled.inputs, in_q))
-        )
-        self.outputs = tuple(
-            TensorSpec(_port_name(p, f"output{i}"), tuple(p.get_shape()), np.dtype(p.get_element_type().to_dtype()), q)
-            for i, (p, q) in enumerate(zip(self._compiled.outputs, out_q))
-        )
-        # Views of the request's own input memory: valid as long as the request lives.
-        self._in_views = [self._request.get_input_tensor(i).data for i in range(len(self.inputs))]
-        self._n_out = len(self.outputs)
-        # On the CPU plugin a static-shape request keeps its output tensors, so their views
-        # are cached (saves ~0.8 us per output per call); other devices fetch them per call.
-        self._out_views = (
-            [self._request.get_output_tensor(i).data for i in range(self._n_out)] if target == "CPU" else None
-        )
+        try:
+            self._request = self._compiled.create_infer_request()
+            self.inputs = tuple(
+                TensorSpec(
+                    _port_name(p, f"input{i}"), tuple(p.get_shape()), np.dtype(p.get_element_type().to_dtype()), q
+                )
+                for i, (p, q) in enumerate(zip(self._compiled.inputs, in_q))
+            )
+            self.outputs = tuple(
+                TensorSpec(
+                    _port_name(p, f"output{i}"), tuple(p.get_shape()), np.dtype(p.get_element_type().to_dtype()), q
+                )
+                for i, (p, q) in enumerate(zip(self._compiled.outputs, out_q))
+            )
+            # Views of the request's own input memory: valid as long as the request lives.
+            self._in_views = [self._request.get_input_tensor(i).data for i in range(len(self.inputs))]
+            self._n_out = len(self.outputs)
+            # On the CPU plugin a static-shape request keeps its output tensors, so their views
+            # are cached (saves ~0.8 us per output per call); other devices fetch them per call.
+            self._out_views = (
+                [self._request.get_output_tensor(i).data for i in range(self._n_out)] if target == "CPU" else None
+            )
+        except (RuntimeError, TypeError, ValueError) as exc:  # a device that compiles but cannot run
+            self.close()
+            raise ModelLoadError(
+                f"cannot create an infer request on {target}: {_first_line(exc)}",
+                path=where,
+                backend=NAME,
+                device=self.device,
+            ) from exc
 
     def _check_ops(self, c: Any, model: Any, target: str) -> None:
         try:
@@ -360,12 +385,19 @@ class OpenVINOSession(Session):
                 device=self.device,
             )
 
+    def _closed(self) -> ModelClosedError:
+        return ModelClosedError("model is closed", path=self._where, backend=NAME, device=self.device)
+
     def input_buffer(self, index: int) -> npt.NDArray[Any]:
         """The request's input memory: write into it, then call ``run_prepared``."""
+        if self._request is None:
+            raise self._closed()
         view: npt.NDArray[Any] = self._in_views[index]
         return view
 
     def run(self, arrays: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+        if self._request is None:
+            raise self._closed()
         for view, arr in zip(self._in_views, arrays):
             np.copyto(view, arr)  # the one copy in: into the request's own tensor
         return self.run_prepared()
@@ -373,7 +405,7 @@ class OpenVINOSession(Session):
     def invoke(self) -> None:
         request = self._request
         if request is None:
-            raise InferenceError("session is closed", path=self._where, backend=NAME, device=self.device)
+            raise self._closed()
         try:
             request.infer()
         except RuntimeError as exc:
@@ -382,10 +414,11 @@ class OpenVINOSession(Session):
             ) from exc
 
     def output_view(self, index: int) -> npt.NDArray[Any]:
+        if self._request is None:
+            raise self._closed()
         if self._out_views is not None:
             view: npt.NDArray[Any] = self._out_views[index]
             return view
-        assert self._request is not None
         fresh: npt.NDArray[Any] = self._request.get_output_tensor(index).data
         return fresh
 
@@ -393,10 +426,12 @@ class OpenVINOSession(Session):
         self.invoke()
         if self._out_views is not None:
             return [v.copy() for v in self._out_views]
-        assert self._request is not None
+        if self._request is None:
+            raise self._closed()
         return [self._request.get_output_tensor(i).data.copy() for i in range(self._n_out)]
 
     def close(self) -> None:
+        """Release the request and the compiled model. Safe to call twice."""
         self._in_views = []
         self._out_views = None
         self._request = None

@@ -1,13 +1,15 @@
-"""source -> windows -> bounded queue -> preprocess into the input tensor -> model -> result.
+"""source -> windows -> bounded queue -> preprocess into the input tensor -> runner -> result.
 
 Two threads: the reader (the source's ``run``: read, decode, window, copy the window
 into a queue slot) and the caller's (take a slot, preprocess it straight into the
-model's input tensor, invoke, make a ``StreamResult``). Copies of a window's data, in
+runner's input tensor, run, make a ``StreamResult``). Copies of a window's data, in
 order: the sensor bytes into the read buffer (``readv``), COBS decoding into the
 decoder's frame buffer, the frame's samples into the ring (written twice, see
 ``window.py``), the window into a queue slot (so the reader can go on), and the
-quantizing write into the input tensor. Nothing per frame allocates memory that grows
-with the frame.
+quantizing write into the input tensor (for a bundle: stage 0's input tensor, then one
+copy of the carried tensor per further stage that runs). Only the first output is read
+back (dequantized into the result's scores). Nothing per frame allocates memory that
+grows with the frame.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import InputError
-from ..model import Model
-from ..tensors import dequantize
+from ..errors import ArgumentError, InputError, StreamError
+from ..result import Classification, label_for
+from ..runner import Runner
 from .codec import Frame
 from .preprocess import Preprocess, Preprocessor
 from .queue import DROP_OLDEST, POLICIES, Slot, WindowQueue
@@ -37,18 +39,25 @@ log = logging.getLogger("edge_runtime.stream")
 _LATENCY_RING = 1 << 16
 
 
+#: How long ``results()`` waits for the reader thread to stop when a run ends (seconds).
+READER_STOP_TIMEOUT_S = 5.0
+
+
 @dataclass(frozen=True)
 class StreamResult:
     """One window's result.
 
-    ``timestamp_us``: sensor time of the window's last sample. ``latency_us``: from the
-    moment the bytes completing the window's last frame were read to this result
-    (queueing, preprocessing and inference included). ``invoke_us``: preprocessing
-    plus the model call alone. ``queue_us``: how long the window waited in the queue.
+    ``window_index``: the window's number in its stream (from 0). ``timestamp_us``: sensor
+    time of the window's last sample. ``label``/``label_index``/``scores``/``confidence``/
+    ``exit_index``/``cut_by_deadline``: the runner's ``Classification`` (``exit_index`` 0 for
+    a plain model; ``confidence`` by the exit's own measure). ``latency_us``: from the moment
+    the bytes completing the window's last frame were read to this result (queueing,
+    preprocessing and inference included). ``invoke_us``: preprocessing plus the runner call
+    alone. ``queue_us``: how long the window waited in the queue.
     """
 
     stream_id: int
-    window: int
+    window_index: int
     timestamp_us: int
     label_index: int
     label: str
@@ -57,15 +66,20 @@ class StreamResult:
     latency_us: float
     invoke_us: float
     queue_us: float = 0.0
+    exit_index: int = 0
+    cut_by_deadline: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON lines: the same keys as the attributes."""
         return {
-            "stream": self.stream_id,
-            "window": self.window,
+            "stream_id": self.stream_id,
+            "window_index": self.window_index,
             "timestamp_us": self.timestamp_us,
             "label": self.label,
             "label_index": self.label_index,
             "confidence": round(self.confidence, 4),
+            "exit_index": self.exit_index,
+            "cut_by_deadline": self.cut_by_deadline,
             "scores": [round(s, 4) for s in self.scores],
             "latency_us": round(self.latency_us, 1),
             "invoke_us": round(self.invoke_us, 1),
@@ -75,7 +89,11 @@ class StreamResult:
 
 @dataclass
 class StreamStats:
-    """What a stream did. Latencies in microseconds, over the last 65,536 results."""
+    """What a stream did. Latencies in microseconds, over the last 65,536 results.
+
+    ``exits``: results per exit index (one entry for a plain model). ``reader_stuck``: the
+    reader thread did not stop within ``READER_STOP_TIMEOUT_S`` when the run ended.
+    """
 
     frames: int = 0
     windows: int = 0
@@ -86,27 +104,48 @@ class StreamStats:
     latency_p50_us: float = 0.0
     latency_p99_us: float = 0.0
     invoke_p50_us: float = 0.0
+    exits: list[int] = field(default_factory=list)
+    reader_stuck: bool = False
     source: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in vars(self).items()}
 
 
-class Stream:
-    """Run ``model`` on windows of ``source``.
+class _Run:
+    """The state of one ``results()`` run. The reader thread holds this object, not the
+    stream's, so a reader that outlives its run writes only into its own (closed) queue."""
 
-    ``window``/``hop`` in samples (default: the input's time dimension, hop = window).
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.reader_done = threading.Event()
+        self.windows: dict[int, SlidingWindow] = {}
+        self.last_seq: dict[int, int] = {}
+        self.format: tuple[int, np.dtype[Any]] | None = None  # (channels, dtype), set by the first frame
+        self.queue: WindowQueue | None = None
+        self.pre: Preprocessor | None = None
+        self.slot: Slot | None = None
+        self.error: BaseException | None = None
+        self.stats = StreamStats()
+
+
+class Stream:
+    """Run ``runner`` (a model or a bundle) on windows of ``source``.
+
+    ``window``/``hop``: sizes in samples (default: the input's time dimension, hop = window).
     ``preprocess``: what to do before quantization (default: nothing). ``queue_slots``
     and ``policy`` (``drop-oldest`` or ``block``) bound the queue between the threads;
-    every drop is counted. ``labels`` name the output classes. ``stream_id``: take only
-    that stream (default: every stream, each with its own windows). The first frame fixes
-    the sample format (channels, dtype); frames of another format are skipped and counted
-    in ``stats.format_mismatch``.
+    every drop is counted. ``labels`` name the output classes (default: the runner's).
+    ``stream_id``: take only that stream (default: every stream, each with its own windows).
+    ``deadline_ms``: passed to the runner (bundles skip a stage that would not fit).
+    The first frame fixes the sample format (channels, dtype); frames of another format are
+    skipped and counted in ``stats.format_mismatch``. One ``results()`` at a time.
     """
 
     def __init__(
         self,
-        model: Model,
+        model: Runner,
         source: Source,
         *,
         window: int | None = None,
@@ -116,136 +155,149 @@ class Stream:
         policy: str = DROP_OLDEST,
         labels: Sequence[str] | None = None,
         stream_id: int | None = None,
+        deadline_ms: float | None = None,
     ) -> None:
         spec = model.inputs[0]
         if len(model.inputs) != 1:
             raise InputError("streams feed single-input models", path=str(model.path))
         if window is None:
             if len(spec.shape) < 2:
-                raise InputError(f"cannot infer a window size from input shape {spec.shape}: pass window=")
+                raise ArgumentError(f"cannot infer a window size from input shape {spec.shape}: pass window=")
             window = spec.shape[1]
-        for name, value in (("window", window), ("hop", hop if hop is not None else 1), ("queue", queue_slots)):
-            if value < 1:
-                raise InputError(f"{name} must be at least 1, got {value}")
+        for name, value in (("window", window), ("hop", hop if hop is not None else 1), ("queue_slots", queue_slots)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ArgumentError(f"{name} must be a whole number >= 1, got {value!r}")
+        if hop is not None and hop > window:
+            raise ArgumentError(
+                f"hop {hop} is larger than the window {window}: samples between windows would be skipped"
+            )
         if policy not in POLICIES:
-            raise InputError(f"unknown queue policy {policy!r}; expected one of {', '.join(POLICIES)}")
+            raise ArgumentError(f"unknown queue policy {policy!r}; expected one of {', '.join(POLICIES)}")
         self.model = model
         self.source = source
         self.window = window
         self.hop = hop if hop is not None else window
         self.preprocess = preprocess or Preprocess()
-        self.labels = list(labels) if labels else None
+        self.labels = list(labels) if labels else (list(model.labels) if model.labels else None)
         self.stream_id = stream_id
         self.queue_slots = queue_slots
         self.policy = policy
-        self.stats = StreamStats()
-        self._out_spec = model.outputs[0]
+        self.deadline_ms = deadline_ms
         self._latency = np.zeros(_LATENCY_RING, dtype=np.float64)
         self._invoke = np.zeros(_LATENCY_RING, dtype=np.float64)
-        self._reset()
+        self._lock = threading.Lock()
+        self._active = False
+        self._stuck: threading.Thread | None = None
+        self._run = _Run()
+        # Checked now, not at the first frame: a window that cannot fill the input is the caller's mistake.
+        if int(np.prod(spec.shape)) % window:
+            raise ArgumentError(
+                f"a window of {window} samples cannot fill input {spec.name!r} of shape {spec.shape} "
+                f"({int(np.prod(spec.shape))} values are not a whole number of samples)"
+            )
 
-    def _reset(self) -> None:
-        """Per-run state: every ``results()`` call starts from nothing."""
-        self.stats = StreamStats()
-        self._windows: dict[int, SlidingWindow] = {}
-        self._last_seq: dict[int, int] = {}
-        self._format: tuple[int, np.dtype[Any]] | None = None  # (channels, dtype), set by the first frame
-        self._queue: WindowQueue | None = None
-        self._pre: Preprocessor | None = None
-        self._slot: Slot | None = None
-        self._reader_error: BaseException | None = None
+    @property
+    def stats(self) -> StreamStats:
+        """The counters of the current (or last) run."""
+        return self._run.stats
 
     # -- reader thread -------------------------------------------------------------
-    def _on_frame(self, frame: Frame, arrival_ns: int) -> None:
+    def _on_frame(self, run: _Run, frame: Frame, arrival_ns: int) -> None:
         sid = frame.stream_id
         if self.stream_id is not None and sid != self.stream_id:
             return
-        self.stats.frames += 1
-        if self._format is None:
-            self._start(frame)
-        elif frame.channels != self._format[0] or frame.dtype != self._format[1]:
+        stats = run.stats
+        stats.frames += 1
+        if run.format is None:
+            self._start(run, frame)
+        elif frame.channels != run.format[0] or frame.dtype != run.format[1]:
             # One model input, one preprocessing: a frame of another shape or type cannot join.
-            if not self.stats.format_mismatch:
+            if not stats.format_mismatch:
                 log.warning(
                     "edge_runtime: stream %d sends %d x %s, the stream started as %d x %s: skipped",
                     sid,
                     frame.channels,
                     frame.dtype,
-                    self._format[0],
-                    self._format[1],
+                    run.format[0],
+                    run.format[1],
                 )
-            self.stats.format_mismatch += 1
+            stats.format_mismatch += 1
             return
-        win = self._windows.get(sid)
+        win = run.windows.get(sid)
         if win is None:
-            win = self._windows[sid] = SlidingWindow(self.window, self.hop, frame.channels, frame.dtype)
-        last = self._last_seq.get(sid)
+            win = run.windows[sid] = SlidingWindow(self.window, self.hop, frame.channels, frame.dtype)
+        last = run.last_seq.get(sid)
         if last is not None and frame.seq != (last + 1) & 0xFFFFFFFF:
-            self.stats.gaps_reset += 1  # samples are missing: a window must not straddle the hole
+            stats.gaps_reset += 1  # samples are missing: a window must not straddle the hole
             win.reset()
-        self._last_seq[sid] = frame.seq
-        queue = self._queue
+        run.last_seq[sid] = frame.seq
+        queue = run.queue
         assert queue is not None
         for view, ts in win.push(frame.values(), frame.timestamp_us, frame.interval_us):
-            self.stats.windows += 1
+            stats.windows += 1
             while not queue.put(view, sid, win.windows - 1, ts, arrival_ns, timeout=0.1):
-                if self._stop.is_set() or queue.closed:
+                if run.stop.is_set() or queue.closed:
                     return
             # Hand the GIL to the inference thread now, rather than when this thread next
             # blocks (sched_yield releases it; time.sleep(0) would also, but costs ~65 us of
             # timer slack here). Measured by scripts/bench_stream.py.
             os.sched_yield()
 
-    def _start(self, frame: Frame) -> None:
+    def _start(self, run: _Run, frame: Frame) -> None:
         """The first frame fixes the format: make the preprocessor and the queue for it."""
-        self._pre = Preprocessor(self.preprocess, self.window, frame.channels, self.model.inputs[0], frame.dtype)
-        self._format = (frame.channels, frame.dtype)
-        self._queue = WindowQueue(self.queue_slots, self.window, frame.channels, frame.dtype, self.policy)
-        self._ready.set()
+        run.pre = Preprocessor(self.preprocess, self.window, frame.channels, self.model.inputs[0], frame.dtype)
+        run.format = (frame.channels, frame.dtype)
+        run.queue = WindowQueue(self.queue_slots, self.window, frame.channels, frame.dtype, self.policy)
+        run.ready.set()
 
-    def _reader(self) -> None:
+    def _reader(self, run: _Run) -> None:
         try:
-            self.source.run(self._on_frame, self._stop)
+            self.source.run(lambda frame, arrival: self._on_frame(run, frame, arrival), run.stop)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread and re-raised there
-            self._reader_error = exc
+            run.error = exc
         finally:
-            self._reader_done.set()
-            self._ready.set()
-            if self._queue is not None:
-                self._queue.close()
+            run.reader_done.set()
+            run.ready.set()
+            if run.queue is not None:
+                run.queue.close()
 
     # -- caller's thread -----------------------------------------------------------
-    def _fill(self, dst: npt.NDArray[Any]) -> None:
-        slot, pre = self._slot, self._pre
-        assert slot is not None and pre is not None
-        pre(slot.data, dst)
+    def _infer(self, run: _Run, slot: Slot) -> StreamResult:
+        pre = run.pre
+        assert pre is not None
+        data = slot.data
 
-    def _infer(self, slot: Slot) -> StreamResult:
-        self._slot = slot
+        def fill(dst: npt.NDArray[Any]) -> None:
+            pre(data, dst)
+
         t0 = time.perf_counter_ns()
-        raw = self.model.infer_in_place(self._fill)[0]
+        c: Classification = self.model.classify_in_place(fill, deadline_ms=self.deadline_ms)
         t1 = time.perf_counter_ns()
-        scores = dequantize(raw, self._out_spec).reshape(-1)
-        idx = int(np.argmax(scores))
-        label = self.labels[idx] if self.labels and idx < len(self.labels) else str(idx)
         latency = (t1 - slot.arrival_ns) / 1e3
         invoke = (t1 - t0) / 1e3
-        self.stats.dropped = self._queue.dropped if self._queue is not None else 0
-        n = self.stats.results % _LATENCY_RING
+        stats = run.stats
+        stats.dropped = run.queue.dropped if run.queue is not None else 0
+        n = stats.results % _LATENCY_RING
         self._latency[n] = latency
         self._invoke[n] = invoke
-        self.stats.results += 1
+        stats.results += 1
+        while len(stats.exits) <= c.exit_index:
+            stats.exits.append(0)
+        stats.exits[c.exit_index] += 1
+        label = label_for(c.label_index, self.labels) if self.labels is not None else c.label
         return StreamResult(
             slot.stream_id,
             slot.seq,
             slot.timestamp_us,
-            idx,
+            c.label_index,
             label,
-            float(scores[idx]),
-            tuple(float(s) for s in scores),
+            c.confidence,
+            tuple(float(s) for s in c.scores),
             latency,
             invoke,
             (t0 - slot.queued_ns) / 1e3,
+            c.exit_index,
+            c.cut_by_deadline,
         )
 
     def results(
@@ -256,44 +308,74 @@ class Stream:
         stop: threading.Event | None = None,
     ) -> Generator[StreamResult, None, None]:
         """Start the reader and yield results until the source ends, a limit is reached, ``stop`` is set,
-        or the caller stops iterating. Windows still queued when ``stop`` is set are delivered first."""
-        self._reset()
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._reader_done = threading.Event()
-        reader = threading.Thread(target=self._reader, name="edge_runtime-reader", daemon=True)
+        or the caller stops iterating. Windows still queued when ``stop`` is set are delivered first.
+
+        One run at a time: a second ``results()`` while one is being consumed raises
+        ``StreamError``, and so does a new run while the previous run's reader thread has
+        not stopped (it is logged, and ``stats.reader_stuck`` set, when the run ends).
+        """
+        with self._lock:
+            if self._active:
+                raise StreamError("this stream's results() is already being consumed; one run at a time")
+            if self._stuck is not None and self._stuck.is_alive():
+                raise StreamError(
+                    f"the reader thread of the previous run is still running (source {self.source.url}): "
+                    "the source does not stop; make a new Stream with a new source"
+                )
+            self._active = True
+        try:
+            yield from self._results(max_results, duration_s, stop)
+        finally:
+            with self._lock:
+                self._active = False
+
+    def _results(
+        self, max_results: int | None, duration_s: float | None, stop: threading.Event | None
+    ) -> Generator[StreamResult, None, None]:
+        run = self._run = _Run()
+        reader = threading.Thread(target=self._reader, args=(run,), name="edge_runtime-reader", daemon=True)
         deadline = None if duration_s is None else time.monotonic() + duration_s
         reader.start()
         try:
-            while self._queue is None and not self._reader_done.is_set():
-                self._ready.wait(0.1)
+            while run.queue is None and not run.reader_done.is_set():
+                run.ready.wait(0.1)
                 if (deadline is not None and time.monotonic() > deadline) or (stop is not None and stop.is_set()):
                     return
-            while self._queue is not None:
+            queue = run.queue
+            while queue is not None:
                 if deadline is not None and time.monotonic() > deadline:
                     return
-                if stop is not None and stop.is_set() and not self._stop.is_set():
-                    self._stop.set()  # the reader ends; what is queued is still delivered
-                slot = self._queue.get(timeout=0.1)
+                if stop is not None and stop.is_set() and not run.stop.is_set():
+                    run.stop.set()  # the reader ends; what is queued is still delivered
+                slot = queue.get(timeout=0.1)
                 if slot is None:
-                    if self._reader_done.is_set() and not len(self._queue):
+                    if run.reader_done.is_set() and not len(queue):
                         break
                     continue
                 try:
-                    result = self._infer(slot)
+                    result = self._infer(run, slot)
                 finally:
-                    self._queue.release(slot)
+                    queue.release(slot)
                 yield result
-                if max_results is not None and self.stats.results >= max_results:
+                if max_results is not None and run.stats.results >= max_results:
                     return
         finally:
-            self._stop.set()
-            if self._queue is not None:
-                self._queue.close()
-            reader.join(timeout=5)
-            self._finish_stats()
-        if self._reader_error is not None:
-            raise self._reader_error
+            run.stop.set()
+            if run.queue is not None:
+                run.queue.close()
+            reader.join(timeout=READER_STOP_TIMEOUT_S)
+            if reader.is_alive():
+                self._stuck = reader
+                run.stats.reader_stuck = True
+                log.error(
+                    "edge_runtime: the reader of %s did not stop within %.0f s; it is left behind, "
+                    "writing only into this run's closed queue",
+                    self.source.url,
+                    READER_STOP_TIMEOUT_S,
+                )
+            self._finish_stats(run)
+        if run.error is not None:
+            raise run.error
 
     def run(self, on_result: Callable[[StreamResult], None] | None = None, **limits: Any) -> StreamStats:
         """Run to the end (see ``results``), calling ``on_result`` for each; return the stats."""
@@ -302,11 +384,11 @@ class Stream:
                 on_result(result)
         return self.stats
 
-    def _finish_stats(self) -> None:
-        st = self.stats
-        st.dropped = self._queue.dropped if self._queue is not None else 0
+    def _finish_stats(self, run: _Run) -> None:
+        st = run.stats
+        st.dropped = run.queue.dropped if run.queue is not None else 0
         n = min(st.results, _LATENCY_RING)
         if n:
             st.latency_p50_us, st.latency_p99_us = (float(v) for v in np.percentile(self._latency[:n], [50, 99]))
             st.invoke_p50_us = float(np.median(self._invoke[:n]))
-        st.source = self.source.stats.as_dict()
+        st.source = self.source.stats.to_dict()

@@ -12,7 +12,6 @@ the float values become the model's integers.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InputError
-from ..tensors import TensorSpec
+from ..sidecar import read_sidecar
+from ..tensors import TensorSpec, unquantized_message
 
 _MAGIC = np.array(1.5 * 2**23, dtype=np.float32)
 
@@ -43,17 +43,15 @@ class Preprocess:
 
     @classmethod
     def from_sidecar(cls, path: str | Path) -> Preprocess:
-        """Read the ``preprocessing`` block of a model's JSON sidecar (``models/<name>.json``)."""
-        data = json.loads(Path(path).read_text())
-        pre = data.get("preprocessing", {})
-        kind = pre.get("kind")
-        if kind == "standardize_per_channel":
-            return cls(offset=tuple(pre["mean"]), scale=tuple(pre["std"]))
-        if kind in (None, "none"):
-            return cls()
-        if "divide_by" in pre:
-            return cls(scale=(float(pre["divide_by"]),))
-        raise ValueError(f"{path}: unknown preprocessing kind {kind!r}")
+        """The ``preprocessing`` block of a model's JSON sidecar (see ``edge_runtime.sidecar``);
+        ``ArgumentError`` for a file that is missing, not JSON, or has unknown keys."""
+        side = read_sidecar(path)
+        return cls(offset=side.offset, scale=side.scale)
+
+    @property
+    def identity(self) -> bool:
+        """True when this changes nothing (no channel selection, offset 0, scale 1)."""
+        return self.channels is None and not any(self.offset) and all(s == 1.0 for s in self.scale)
 
     def describe(self) -> str:
         parts = []
@@ -89,6 +87,12 @@ class Preprocessor:
         if np.any(scale == 0):
             raise InputError("preprocessing scale must not be 0")
         q = spec.quantization
+        integer = bool(np.issubdtype(spec.dtype, np.integer))
+        #: An integer input with no known quantization takes the samples as they are, or nothing:
+        #: floats have no defined value in it (``Model.infer`` refuses them the same way).
+        self._raw = integer and q is None
+        if self._raw and not (pre.identity and np.dtype(dtype) == spec.dtype):
+            raise InputError(unquantized_message(spec))
         if q is not None and q.per_channel:
             raise InputError("per-channel quantized inputs are not supported by stream preprocessing")
         qscale, zp = (q.scales[0], q.zero_points[0]) if q is not None else (1.0, 0)
@@ -122,6 +126,9 @@ class Preprocessor:
         C-contiguous (a tensor's own memory always is). Allocates nothing that grows with
         the window (see scripts/bench_stream.py).
         """
+        if self._raw:  # same dtype, no preprocessing: the samples are the input
+            np.copyto(dst.reshape(window.shape), window)
+            return
         src = window
         if self._sel is not None and self._picked is not None:
             np.take(window, self._sel, axis=1, out=self._picked, mode="clip")

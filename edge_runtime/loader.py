@@ -1,0 +1,72 @@
+"""``load()``: the one door for a model file or an early-exit bundle.
+
+Loading a file (``model.load_model``) and loading a bundle (``early_exit.load_bundle``)
+meet here and nowhere else, so ``model.py`` never imports ``early_exit.py`` (the bundle
+is built from models, not the other way round).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .bundle import MANIFEST
+from .device_info import Device
+from .early_exit import load_bundle
+from .errors import ArgumentError
+from .model import check_threads, load_model
+from .runner import Runner
+
+
+def load(
+    path: str | Path,
+    device: str | Sequence[str] = "auto",
+    *,
+    threads: int | None = None,
+    performance_hint: str | None = "LATENCY",
+    cache_dir: str | Path | None = None,
+    openvino_config: dict[str, Any] | None = None,
+    openvino_plugins: dict[str, str] | None = None,
+    devices: Sequence[Device] | None = None,
+    labels: Sequence[str] | None = None,
+    num_threads: int | None = None,
+) -> Runner:
+    """Load a model file or an early-exit bundle on the best requested device; return a ``Runner``.
+
+    ``path``: a ``.tflite``, an OpenVINO IR ``.xml`` (with its ``.bin``) or an ``.onnx`` file
+    (a ``Model``), or a directory holding ``bundle.json`` (an ``EarlyExitModel``). Use
+    ``load_model`` / ``load_bundle`` where a type checker should see the concrete class.
+
+    ``device``: one request or a list tried in order (grammar: ``edge_runtime.devices``).
+    ``threads``: CPU threads for inference (None: the backend's default; ``num_threads`` is
+    the older spelling of the same option, still accepted).
+    ``performance_hint``, ``cache_dir``, ``openvino_config``: OpenVINO compile options.
+    ``openvino_plugins``: extra OpenVINO plugins, device name -> library path.
+    ``devices``: the device table to select from (default: probed now, only what the request needs).
+    ``labels``: class names (default: the model's JSON sidecar, or the bundle's manifest).
+
+    Raises ``ModelFileError`` for a bad file or directory, ``DeviceRequestError`` for a
+    request that does not parse, ``ArgumentError`` for a bad option value,
+    ``DeviceUnavailableError`` when no requested device is there, and ``ModelLoadError``
+    when every candidate failed to load (each reason listed).
+    """
+    if num_threads is not None:
+        if threads is not None and threads != num_threads:
+            raise ArgumentError(f"threads={threads!r} and num_threads={num_threads!r} disagree: pass only threads")
+        warnings.warn("load(num_threads=) is now load(threads=)", DeprecationWarning, stacklevel=2)
+        threads = num_threads
+    check_threads(threads)
+    options: dict[str, Any] = {
+        "threads": threads,
+        "performance_hint": performance_hint,
+        "cache_dir": cache_dir,
+        "openvino_config": openvino_config,
+        "openvino_plugins": openvino_plugins,
+        "devices": devices,
+        "labels": labels,
+    }
+    if Path(path).is_dir() and (Path(path) / MANIFEST).is_file():
+        return load_bundle(path, device, **options)
+    return load_model(path, device, **options)
