@@ -323,12 +323,20 @@ def _found_list(devices: Sequence[Device], backend: str) -> str:
     return f"{backend} found: {', '.join(names)}" if names else f"{backend} found no devices"
 
 
-def probe(backends: Sequence[str] | None = None, *, openvino_plugins: dict[str, str] | None = None) -> list[Device]:
+def probe(
+    backends: Sequence[str] | None = None,
+    *,
+    openvino_plugins: dict[str, str] | None = None,
+    requests: Sequence[DeviceRequest] | None = None,
+) -> list[Device]:
     """Find the devices of ``backends`` (default: all registered), touching hardware.
 
-    A backend that cannot be imported gives one unavailable record with the reason.
-    ``openvino_plugins`` maps a device name to a plugin library (or names a
-    ``plugins.xml`` under the key ``"xml"``); see ``backends.openvino.probe_devices``.
+    ``requests``: probe only what these need. A request naming a device (``litert:cpu``,
+    ``openvino:CPU``) looks at that device alone; ``auto`` and kind requests look at every
+    device of the backends. A backend that cannot be imported gives one unavailable record
+    with the reason. ``openvino_plugins`` maps a device name to a plugin library (or names
+    a ``plugins.xml`` under the key ``"xml"``); see ``backends.openvino.probe_devices``.
+    No process is spawned.
     """
     found: list[Device] = []
     for name in backends or tuple(REGISTRY):
@@ -337,11 +345,36 @@ def probe(backends: Sequence[str] | None = None, *, openvino_plugins: dict[str, 
         except BackendUnavailableError as exc:
             found.append(Device(name, "", "other", f"{name} (not importable)", available=False, reason=exc.reason))
             continue
+        names = needed_devices(name, requests)
         if name == OPENVINO:
-            found.extend(module.probe_devices(plugins=openvino_plugins))
+            found.extend(module.probe_devices(plugins=openvino_plugins, names=names))
         else:
-            found.extend(module.probe_devices())
+            found.extend(module.probe_devices(names=names))
     return found
+
+
+def needed_devices(backend: str, requests: Sequence[DeviceRequest] | None) -> tuple[str, ...] | None:
+    """The device names of ``backend`` that ``requests`` can select (None: all of them).
+
+    Pure. LiteRT names are delegate names (its CPU is always listed); OpenVINO names are
+    device names, the members of ``AUTO:``/``MULTI:``/``HETERO:`` requests included.
+    """
+    if requests is None or any(r.backend is None for r in requests):
+        return None
+    names: list[str] = []
+    for r in requests:
+        if r.backend != backend:
+            continue
+        if backend == OPENVINO:
+            target = r.target or ""
+            if target in OPENVINO_META:  # bare AUTO / MULTI: over every device
+                return None
+            for n in r.members or (target,):
+                if n not in names:
+                    names.append(n)
+        elif r.target not in ("cpu", "delegate") and r.target is not None and r.target not in names:
+            names.append(r.target)
+    return tuple(names)
 
 
 def devices(*, openvino_plugins: dict[str, str] | None = None) -> list[Device]:

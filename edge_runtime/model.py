@@ -314,7 +314,7 @@ def load_model(
     readers = READERS[source.format]
     if devices is None:
         wanted = {r.backend for r in requests if r.backend} if all(r.backend for r in requests) else set(readers)
-        devices = probe([b for b in readers if b in wanted], openvino_plugins=openvino_plugins)
+        devices = probe([b for b in readers if b in wanted], openvino_plugins=openvino_plugins, requests=requests)
     elif openvino_plugins:
         get_backend("openvino").core(openvino_plugins)
     selection = select(requests, devices, source.format)

@@ -8,14 +8,12 @@ Set ``EDGE_RUNTIME_TFLITE`` to one of those names to force it.
 
 from __future__ import annotations
 
-import ctypes.util
 import importlib
 import logging
 import os
 import platform
 import sys
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,10 +47,13 @@ DELEGATES: dict[str, tuple[str, str, str, str]] = {
     "vx": ("npu", "VeriSilicon VX NPU delegate", "libvx_delegate.so", "part of NXP's i.MX BSP (tflite-vx-delegate)"),
 }
 _LIB_DIRS = (
-    "/usr/lib",
     "/usr/local/lib",
     f"/usr/lib/{platform.machine()}-linux-gnu",
+    f"/lib/{platform.machine()}-linux-gnu",
+    "/usr/lib",
     "/usr/lib64",
+    "/lib",
+    "/lib64",
 )
 
 
@@ -62,9 +63,16 @@ class Runtime:
 
     module: str
     distribution: str
-    version: str
     interpreter: type
     load_delegate: Any
+
+    @property
+    def version(self) -> str:
+        """The package's version: its ``__version__``, else the installed distribution's metadata
+        (``importlib.metadata`` costs ~15 ms to import: kept off the load path)."""
+        top = sys.modules.get(self.module.split(".")[0])
+        found = getattr(top, "__version__", None)
+        return str(found) if found else _version(self.distribution)
 
 
 _runtime: Runtime | None = None
@@ -87,12 +95,11 @@ def _import_runtime() -> Runtime:
         except Exception as exc:  # noqa: BLE001 - any import failure is a reason to try the next
             tried.append(f"{module_name}: {type(exc).__name__}: {exc}")
             continue
-        version = _version(dist)
         interp = module.Interpreter
         load_delegate = getattr(module, "load_delegate", None)
         if load_delegate is None:  # tensorflow.lite keeps it under experimental
             load_delegate = getattr(getattr(module, "experimental", None), "load_delegate", None)
-        _runtime = Runtime(module_name, dist, version, interp, load_delegate)
+        _runtime = Runtime(module_name, dist, interp, load_delegate)
         return _runtime
     hint = f" (EDGE_RUNTIME_TFLITE={forced})" if forced else ""
     _runtime_error = (
@@ -151,30 +158,73 @@ def runtime_info() -> dict[str, str]:
     return {"module": rt.module, "distribution": rt.distribution, "version": rt.version}
 
 
+def _library_dirs() -> list[str]:
+    """Where the dynamic loader looks, without running ``ldconfig``: ``LD_LIBRARY_PATH``, the
+    directories listed in ``/etc/ld.so.conf`` (and its ``include``d files), the standard ones."""
+    dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+    pending = [Path("/etc/ld.so.conf")]
+    seen: set[Path] = set()
+    while pending:
+        conf = pending.pop()
+        if conf in seen:
+            continue
+        seen.add(conf)
+        try:
+            lines = conf.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("include "):
+                pattern = line.split(None, 1)[1]
+                base = Path(pattern if pattern.startswith("/") else conf.parent / pattern)
+                pending.extend(sorted(base.parent.glob(base.name)))
+            elif line.startswith("/"):
+                dirs.append(line)
+    return [*dirs, *_LIB_DIRS]
+
+
 def find_library(library: str) -> str | None:
-    """The path of a delegate library: an existing path, a standard directory, or the loader's cache."""
+    """The path of a delegate library: an existing path, or a file of that name in a directory
+    the dynamic loader searches. Spawns no process (``ctypes.util.find_library`` runs
+    ``ldconfig`` and ``gcc``: tens of milliseconds on a load path)."""
     if os.sep in library:
         return library if Path(library).is_file() else None
-    for d in _LIB_DIRS:
+    for d in _library_dirs():
         candidate = Path(d) / library
         if candidate.is_file():
             return str(candidate)
-    stem = library.removeprefix("lib").split(".so")[0]
-    return library if ctypes.util.find_library(stem) else None
+    return None
 
 
-def probe_devices() -> list[Device]:
-    """The CPU (always) and every known delegate, found or not (with the reason)."""
+def _cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (no process spawned), else the machine type."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.machine() or "unknown"
+
+
+def probe_devices(names: Collection[str] | None = None) -> list[Device]:
+    """The CPU (always) and the delegates in ``names`` (default: every known one), found or
+    not (with the reason). Looks for library files only: no process is spawned."""
     rt = _import_runtime()
     cpu = Device(
         NAME,
         "cpu",
         "cpu",
-        f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, XNNPACK ({rt.module} {rt.version})",
+        f"{platform.machine()} CPU ({_cpu_name()}), {os.cpu_count()} cores, XNNPACK ({rt.module})",
         int8=True,
     )
     found = [cpu]
     for name, (kind, full, lib, hint) in DELEGATES.items():
+        if names is not None and name not in names:
+            continue
         path = find_library(lib)
         if path is None:
             found.append(Device(NAME, name, kind, full, int8=True, available=False, reason=f"{lib} not found: {hint}"))
@@ -239,6 +289,8 @@ def _delegate_for(device: Device, rt: Runtime, where: str) -> Any | None:
 
 def _missing_delegate_symbols(library: str) -> str:
     """Why ``library`` is not a TFLite external delegate ("" when it has the entry points)."""
+    import ctypes  # only for delegates: ~5 ms to import, kept off the CPU load path
+
     try:
         lib = ctypes.CDLL(library)
     except OSError as exc:
@@ -264,21 +316,35 @@ def native_stderr_to_log() -> Iterator[None]:
         yield
         return
     try:
-        with tempfile.TemporaryFile() as held:
-            os.dup2(held.fileno(), 2)
+        held = _held_file()
+        try:
+            os.dup2(held, 2)
             try:
                 yield
             finally:
                 os.dup2(saved, 2)
-                held.seek(0)
-                text = held.read().decode("utf-8", errors="replace")
-                for line in text.splitlines():
+                os.lseek(held, 0, os.SEEK_SET)
+                chunks = []
+                while chunk := os.read(held, 65536):
+                    chunks.append(chunk)
+                for line in b"".join(chunks).decode("utf-8", errors="replace").splitlines():
                     if line.startswith("INFO: "):
                         native_log.info("%s", line[6:])
                     elif line.strip():
                         native_log.warning("%s", line)
+        finally:
+            os.close(held)
     finally:
         os.close(saved)
+
+
+def _held_file() -> int:
+    """An anonymous file descriptor to hold native output: a memfd (no ``tempfile`` import, no disk)."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("edge_runtime_litert_stderr", os.MFD_CLOEXEC)
+    import tempfile
+
+    return os.dup(tempfile.TemporaryFile().fileno())
 
 
 class LiteRTSession(Session):
