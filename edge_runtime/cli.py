@@ -511,6 +511,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
         stop = threading.Event()
         sent = threading.Event()
+        finished = threading.Event()
+        window = args.window or model.inputs[0].shape[1]
+        expected = max(0, (len(values) - window) // (args.hop or window) + 1)
+        if args.max_results is None:
+            args.max_results = expected  # every window of the recording, then stop
 
         def play() -> None:
             try:
@@ -518,18 +523,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
             finally:
                 sent.set()
 
-        threading.Thread(target=play, name="edge_runtime-demo-emulator", daemon=True).start()
-
-        def stop_when_drained() -> None:
+        def stop_when_sent() -> None:
+            # Normally the stream ends by itself at the last expected window; if frames were
+            # lost on the way, stop 2 s after the emulator sent its last byte.
             sent.wait()
-            # The last frame is on the wire: give the reader time to take it, then stop.
-            time.sleep(0.3)
-            stop.set()
+            if not finished.wait(2.0):
+                stop.set()
 
-        threading.Thread(target=stop_when_drained, name="edge_runtime-demo-stop", daemon=True).start()
+        threading.Thread(target=play, name="edge_runtime-demo-emulator", daemon=True).start()
+        threading.Thread(target=stop_when_sent, name="edge_runtime-demo-stop", daemon=True).start()
         try:
             stats, results, status = _run_stream(args, model, emu.address + "?baud=921600", stop=stop)
         finally:
+            finished.set()
             stop.set()
             emu.close()
     extra: dict[str, Any] = {}

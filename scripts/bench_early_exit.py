@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Early exit against every stage, side by side, on LiteRT and OpenVINO (issue 4's target).
+"""Early exit against every stage, side by side, on LiteRT and OpenVINO.
 
 On held-out test data that calibration never saw (models/digits_early_exit/test.npz),
-end to end through ``EarlyExitModel.infer`` (Python overhead included), interleaving
+end to end through ``EarlyExitModel.classify`` (Python overhead included), interleaving
 the two variants sample by sample so that machine noise hits both alike. Target: >= 2x
 lower mean latency at <= 1 percentage point lower accuracy, on both backends.
 
@@ -30,7 +30,7 @@ BUNDLE = ROOT / "models" / "digits_early_exit"
 
 
 def run(device: str, x: np.ndarray, y: np.ndarray, repeat: int, threads: int) -> dict[str, Any]:
-    with er.load(BUNDLE, device, num_threads=threads) as model:
+    with er.load_bundle(BUNDLE, device, threads=threads) as model:
         shape = model.inputs[0].shape
         lat: dict[bool, list[float]] = {False: [], True: []}
         correct = {False: 0, True: 0}
@@ -40,7 +40,7 @@ def run(device: str, x: np.ndarray, y: np.ndarray, repeat: int, threads: int) ->
                 xi = sample.reshape(shape)
                 for force in (False, True):
                     t0 = time.perf_counter_ns()
-                    r = model.infer(xi, force_all=force)  # type: ignore[attr-defined]
+                    r = model.classify(xi, force_all=force)
                     lat[force].append((time.perf_counter_ns() - t0) / 1e3)
                     correct[force] += int(r.label_index == int(label))
                     if not force:
@@ -50,7 +50,7 @@ def run(device: str, x: np.ndarray, y: np.ndarray, repeat: int, threads: int) ->
         acc_e, acc_f = correct[False] / n, correct[True] / n
         return {
             "device": device,
-            "thresholds": list(model.thresholds),  # type: ignore[attr-defined]
+            "thresholds": list(model.thresholds),
             "early_mean_us": round(early, 1),
             "early_p99_us": round(float(np.percentile(lat[False], 99)), 1),
             "all_mean_us": round(full, 1),
@@ -91,7 +91,7 @@ def main() -> int:
         return 0 if ok else 1
     print(
         f"early exit vs all stages ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {len(y)} test samples x "
-        f"{args.repeat}, {args.threads} thread, end to end through infer)\n"
+        f"{args.repeat}, {args.threads} thread, end to end through classify)\n"
     )
     print(
         f"{'device':14s} {'early mean':>10s} {'all mean':>9s} {'speedup':>8s} {'early acc':>9s} {'all acc':>8s} "

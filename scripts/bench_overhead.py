@@ -12,7 +12,7 @@ shared machine hits every variant alike), the median latency of:
   openvino raw    Model.infer_raw on openvino:CPU
   openvino infer  Model.infer
 
-Target (issue 2): infer_raw p50 within 1.05x of the bare loop of the same backend on
+Target: infer_raw p50 within 1.05x of the bare loop of the same backend on
 models whose bare call takes >= 50 us, and at most 3 us more on smaller ones.
 
     python scripts/bench_overhead.py                  # shipped models + ../shared MLPerf Tiny
@@ -50,8 +50,8 @@ def default_models() -> list[Path]:
 
 
 def variants(path: Path, threads: int) -> tuple[dict[str, Callable[[], object]], list[er.Model]]:
-    lm = er.load(path, "litert:cpu", num_threads=threads)
-    om = er.load(path, "openvino:CPU", num_threads=threads)
+    lm = er.load_model(path, "litert:cpu", threads=threads)
+    om = er.load_model(path, "openvino:CPU", threads=threads)
     spec = lm.inputs[0]
     xq = er.tensors.random_tensor(spec, 0)
     xf = er.dequantize(xq, spec)

@@ -7,17 +7,19 @@ damaged it on purpose (it lists those).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from edge_runtime.errors import ArgumentError
 from edge_runtime.hil.emulator import Emulator, Faults, Pty
 from edge_runtime.stream.codec import Frame
 from edge_runtime.stream.sources import SerialSource, SourceError, open_source
@@ -45,6 +47,38 @@ class Collector:
         self.frames.append((frame.seq, first, frame.samples))
 
 
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def run_expecting_error(source: Any, timeout_s: float = 5) -> BaseException:
+    """Run ``source`` on a thread; it must end by itself, with an exception, within ``timeout_s``."""
+    raised: list[BaseException] = []
+    stop = threading.Event()
+
+    def target() -> None:
+        try:
+            source.run(lambda frame, arrival_ns: None, stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            raised.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    ended = not thread.is_alive()
+    stop.set()  # if it is waiting after all, let it go
+    thread.join(5)
+    assert ended, "run() kept trying instead of failing at once"
+    assert raised, "run() returned without an error"
+    return raised[0]
+
+
 def run_pair(
     emu: Emulator, source: SerialSource, collector: Collector, drain_s: float = 0.3, timeout_s: float = 30
 ) -> None:
@@ -70,8 +104,8 @@ def test_faults_lose_only_the_damaged_frames(link: Path) -> None:
     n_frames = 300
     emu = Emulator(
         recording(n_frames * 10),
-        rate_hz=20000,
-        sample_rate_hz=100,
+        rate=100,
+        speed=200,
         frame_samples=10,
         link=link,
         faults=Faults(garbage_every=3, flip_every=7, drop_every=11, seed=5),
@@ -104,9 +138,7 @@ def test_one_byte_at_a_time_equals_large_writes(tmp_path: Path) -> None:
             else:
                 pty.write(data)
 
-        emu = Emulator(
-            recording(400), rate_hz=None, sample_rate_hz=100, frame_samples=8, write=write, wait_for_reader=False
-        )
+        emu = Emulator(recording(400), rate=100, speed=None, frame_samples=8, write=write, wait_for_reader=False)
         src = SerialSource(pty.address)
         got = Collector()
         stop = threading.Event()
@@ -126,8 +158,8 @@ def test_one_byte_at_a_time_equals_large_writes(tmp_path: Path) -> None:
 def test_silent_device_warns_and_does_not_hang(link: Path, caplog: pytest.LogCaptureFixture) -> None:
     emu = Emulator(
         recording(600),
-        rate_hz=3000,
-        sample_rate_hz=100,
+        rate=100,
+        speed=30,
         frame_samples=10,
         link=link,
         faults=Faults(pause_at=20, pause_s=0.8),
@@ -147,8 +179,8 @@ def test_silent_device_warns_and_does_not_hang(link: Path, caplog: pytest.LogCap
 def test_unplug_mid_frame_and_replug(link: Path, caplog: pytest.LogCaptureFixture) -> None:
     emu = Emulator(
         recording(1000),
-        rate_hz=5000,
-        sample_rate_hz=100,
+        rate=100,
+        speed=50,
         frame_samples=10,
         link=link,
         faults=Faults(disconnect_at=40, disconnect_s=0.4),
@@ -164,24 +196,25 @@ def test_unplug_mid_frame_and_replug(link: Path, caplog: pytest.LogCaptureFixtur
     assert got.bad_payload == 0
 
 
-def test_busy_port_is_reported_then_retried(link: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_busy_port_is_reported_then_retried_with_wait(link: Path, caplog: pytest.LogCaptureFixture) -> None:
     import serial
 
-    emu = Emulator(recording(100), rate_hz=2000, sample_rate_hz=100, frame_samples=10, link=link)
-    holder = serial.Serial(emu.pty.path if emu.pty else "", exclusive=True)  # another process holds the port
-    src = SerialSource(str(link), backoff_s=(0.02, 0.1))
+    emu = Emulator(recording(100), rate=100, speed=20, frame_samples=10, link=link)
+    assert emu.pty is not None
+    holder = serial.Serial(emu.pty.path, exclusive=True)  # another process holds the port
+    src = SerialSource(str(link), wait=True, backoff_s=(0.02, 0.1))
     got = Collector()
     stop = threading.Event()
     with caplog.at_level(logging.WARNING, logger="edge_runtime.stream"):
         reader = threading.Thread(target=src.run, args=(got, stop), daemon=True)
         reader.start()
-        time.sleep(0.3)
-        assert src.stats.connects == 0 and src.stats.open_failures >= 2
-        assert "port busy" in src.stats.last_error
+        assert wait_until(lambda: src.stats.open_failures >= 2), "it keeps trying"
+        assert src.stats.connects == 0 and src.stats.last_error == "port busy (another process holds it)"
         holder.close()  # the other process lets go
         sender = emu.start()
         sender.join(10)
-        time.sleep(0.3)
+        assert not sender.is_alive()
+        assert wait_until(lambda: len(got.frames) == 10)
         stop.set()
         reader.join(5)
     emu.close()
@@ -189,15 +222,133 @@ def test_busy_port_is_reported_then_retried(link: Path, caplog: pytest.LogCaptur
     assert [s for s, _, _ in got.frames] == list(range(10))
 
 
+def test_busy_port_without_wait_fails_at_once(link: Path) -> None:
+    import serial
+
+    with Pty(link) as pty:
+        holder = serial.Serial(pty.path, exclusive=True)
+        try:
+            err = run_expecting_error(SerialSource(str(link)))
+        finally:
+            holder.close()
+    assert isinstance(err, SourceError)
+    assert "port busy (another process holds it)" in str(err) and str(link) in str(err)
+
+
 def test_missing_port_without_reconnect_is_a_clear_error(tmp_path: Path) -> None:
     src = SerialSource(str(tmp_path / "ttyNOPE"), reconnect=False)
-    with pytest.raises(SourceError, match="cannot open") as info:
+    with pytest.raises(SourceError, match="no such device") as info:
         src.run(lambda f, t: None, threading.Event())
     assert str(tmp_path / "ttyNOPE") in str(info.value)
 
 
+def test_a_port_that_never_opened_fails_at_once(tmp_path: Path) -> None:
+    """A mistyped path is not retried forever: without wait, the first failed open is final."""
+    path = tmp_path / "ttyUSB9"
+    src = open_source(str(path))
+    err = run_expecting_error(src)
+    assert isinstance(err, SourceError)
+    assert f"no such device: {path} (pass wait=True / --wait to wait for it to appear)" in str(err)
+    assert src.stats.open_failures == 1 and src.stats.connects == 0
+
+
+@pytest.mark.parametrize("name", ["rec.csv", "rec.npy", "notes.txt"])
+def test_a_recording_given_as_a_port_says_did_you_mean_file(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("a,b\n1,2\n")
+    expected = f"{path} is a regular file, not a serial port: did you mean file:{path}?"
+    for url in (str(path), f"{path}?baud=9600"):
+        with pytest.raises(SourceError) as info:  # open_source sees it before anything is opened
+            open_source(url)
+        assert expected in str(info.value)
+    # A SerialSource made directly finds it on the first open; waiting would not fix it.
+    err = run_expecting_error(SerialSource(str(path), wait=True))
+    assert isinstance(err, SourceError) and expected in str(err)
+
+
+def test_permission_denied_mentions_the_dialout_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import serial
+
+    path = str(tmp_path / "ttyACM0")
+
+    def refuse(url: str, **options: Any) -> Any:  # as pyserial reports a port the user may not open
+        raise serial.SerialException(errno.EACCES, f"could not open port {url}: [Errno 13] Permission denied")
+
+    monkeypatch.setattr(serial, "serial_for_url", refuse)
+    err = run_expecting_error(SerialSource(path))
+    assert isinstance(err, SourceError)
+    assert f"permission denied: {path}" in str(err) and "'dialout' group" in str(err)
+
+
+def test_wait_waits_for_the_device_to_appear(link: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = open_source(str(link), wait=True, backoff_s=(0.01, 0.05))
+    assert isinstance(src, SerialSource)
+    got = Collector()
+    stop = threading.Event()
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.stream"):
+        reader = threading.Thread(target=src.run, args=(got, stop), daemon=True)
+        reader.start()
+        assert wait_until(lambda: src.stats.open_failures >= 3), "it keeps trying while the device is absent"
+        assert reader.is_alive() and src.stats.connects == 0
+        assert src.stats.last_error == f"no such device: {link}"
+        emu = Emulator(recording(100), rate=100, speed=20, frame_samples=10, link=link)  # plugged in: the link appears
+        sender = emu.start()
+        sender.join(10)
+        assert not sender.is_alive(), "the emulator sends once the source has opened the port"
+        assert wait_until(lambda: len(got.frames) == 10)
+        stop.set()
+        reader.join(5)
+    emu.close()
+    assert not reader.is_alive()
+    assert [s for s, _, _ in got.frames] == list(range(10)) and got.bad_payload == 0
+    assert src.stats.connects == 1 and src.stats.disconnects == 0
+    assert f"{link}: no such device: {link}; retrying" in caplog.text
+
+
+def test_device_path_query_takes_only_baud(tmp_path: Path) -> None:
+    path = tmp_path / "ttyUSB0"
+    src = SerialSource(f"{path}?baud=9600")
+    assert src.port_url == str(path) and src.baud == 9600
+    with pytest.raises(ArgumentError, match=r"unknown key 'parity' .*a device path takes only: baud"):
+        open_source(f"{path}?baud=9600&parity=E")
+    with pytest.raises(ArgumentError, match="baud='fast'"):
+        open_source(f"{path}?baud=fast")
+    with pytest.raises(ArgumentError, match="baud='0'"):
+        open_source(f"{path}?baud=0")
+
+
+def test_pyserial_url_options_pass_through_without_baud() -> None:
+    src = SerialSource("spy:///dev/ttyUSB0?file=/tmp/x.log&baud=57600&color")
+    assert src.port_url == "spy:///dev/ttyUSB0?file=/tmp/x.log&color" and src.baud == 57600
+    src = SerialSource("rfc2217://host:2217?ign_set_control&logging=debug")
+    assert src.port_url == "rfc2217://host:2217?ign_set_control&logging=debug" and src.baud == 115200
+
+
+def test_baud_and_its_older_spelling_baudrate(tmp_path: Path) -> None:
+    path = str(tmp_path / "ttyUSB0")
+    assert SerialSource(path).baud == 115200
+    assert SerialSource(path, baud=9600).baud == 9600
+    assert SerialSource(path, baudrate=9600).baud == 9600
+    assert SerialSource(path, baud=9600, baudrate=9600).baud == 9600
+    assert SerialSource(f"{path}?baud=9600", baud=9600).baud == 9600
+    src = open_source(path, baudrate=57600)
+    assert isinstance(src, SerialSource) and src.baud == 57600
+    with pytest.raises(ArgumentError, match=r"conflicting baud rates .*baud=9600, baudrate=115200"):
+        SerialSource(path, baud=9600, baudrate=115200)
+    with pytest.raises(ArgumentError, match=r"conflicting baud rates .*\?baud=9600, baud=115200"):
+        open_source(f"{path}?baud=9600", baud=115200)
+    with pytest.raises(ArgumentError, match="baud=0 must be a whole number > 0"):
+        SerialSource(path, baud=0)
+
+
+def test_source_stats_to_dict_includes_the_decoder_counters(tmp_path: Path) -> None:
+    src = SerialSource(str(tmp_path / "ttyUSB0"))
+    out = src.stats.to_dict()
+    assert out["connects"] == 0 and out["decoder"]["frames"] == 0 and out["decoder"]["crc_errors"] == 0
+
+
 def test_user_error_in_the_callback_is_not_an_io_error(link: Path) -> None:
-    emu = Emulator(recording(100), rate_hz=2000, sample_rate_hz=100, frame_samples=10, link=link)
+    emu = Emulator(recording(100), rate=100, speed=20, frame_samples=10, link=link)
     src = SerialSource(str(link))
 
     def boom(frame: Frame, arrival_ns: int) -> None:
@@ -266,10 +417,82 @@ def test_emulator_pty_path_is_a_tty() -> None:
         pty.close()
 
 
+def _take_number(fd: int) -> tuple[int, int, int]:
+    """A new pipe whose read end has file descriptor number ``fd`` (free now): (that, read, write)."""
+    r, w = os.pipe()
+    if fd in (r, w):
+        return fd, r, w
+    return os.dup2(r, fd), r, w  # the lowest free number went elsewhere: put it there
+
+
+def test_pty_close_twice_does_not_close_a_reused_fd(tmp_path: Path) -> None:
+    link = tmp_path / "tty"
+    pty = Pty(link)
+    fd = pty.master
+    pty.close()
+    assert pty.closed and pty.master == -1 and not link.exists(), "closed, and its link removed"
+    reused, r, w = _take_number(fd)
+    try:
+        pty.close()  # must not close the pipe that now has the pty's old number
+        assert not pty.reader_attached()
+        os.fstat(reused)
+        with pytest.raises(OSError):
+            pty.write(b"x")
+        os.fstat(reused)
+        os.write(w, b"ok")
+        assert os.read(r, 2) == b"ok"
+    finally:
+        for n in {reused, r, w}:
+            os.close(n)
+
+
+def test_emulator_close_twice_does_not_linger_or_close_a_reused_fd(link: Path) -> None:
+    emu = Emulator(recording(20), rate=100, speed=None, frame_samples=10, link=link)
+    assert emu.pty is not None
+    fd = emu.pty.master
+    emu.close()
+    assert emu.pty.closed and not link.exists()
+    reused, r, w = _take_number(fd)
+    try:
+        second = threading.Thread(target=emu.close, kwargs={"linger_s": 60}, daemon=True)
+        second.start()
+        second.join(10)
+        assert not second.is_alive(), "a second close() lingered"
+        os.fstat(reused)
+        assert emu.run().frames == 0, "a closed emulator sends nothing"
+    finally:
+        for n in {reused, r, w}:
+            os.close(n)
+
+
+def test_close_during_a_simulated_unplug_leaves_no_pty_open(link: Path) -> None:
+    emu = Emulator(
+        recording(1000),
+        rate=100,
+        speed=50,
+        frame_samples=10,
+        link=link,
+        faults=Faults(disconnect_at=5, disconnect_s=60),
+    )
+    src = SerialSource(str(link), backoff_s=(0.02, 0.1))
+    stop = threading.Event()
+    reader = threading.Thread(target=src.run, args=(Collector(), stop), daemon=True)
+    reader.start()
+    sender = emu.start()
+    assert wait_until(lambda: emu.stats.disconnects == 1), "the emulator unplugged"
+    emu.close()
+    sender.join(10)
+    assert not sender.is_alive(), "close() ended the unplugged wait"
+    stop.set()
+    reader.join(5)
+    assert not reader.is_alive()
+    assert emu.pty is not None and emu.pty.closed and not link.exists()
+
+
 def test_spy_url_reads_through_pyserials_handler(link: Path, tmp_path: Path) -> None:
     """spy:// wraps the port and logs what it reads: our reader must go through its read()."""
     log_file = tmp_path / "spy.log"
-    emu = Emulator(recording(50), rate_hz=2000, sample_rate_hz=100, frame_samples=10, link=link)
+    emu = Emulator(recording(50), rate=100, speed=20, frame_samples=10, link=link)
     src = SerialSource(f"spy://{link}?file={log_file}")
     got = Collector()
     run_pair(emu, src, got)
@@ -280,7 +503,7 @@ def test_spy_url_reads_through_pyserials_handler(link: Path, tmp_path: Path) -> 
 def test_npy_recording_replay(tmp_path: Path) -> None:
     path = tmp_path / "rec.npy"
     np.save(path, recording(95))
-    src = open_source(f"file:{path}?speed=max&frame=10&rate=50")
+    src = open_source(f"file:{path}?speed=max&frame_samples=10&rate=50")
     got = Collector()
     src.run(got, threading.Event())
     assert [(s, n) for s, _, n in got.frames] == [(i, 10) for i in range(9)] + [(9, 5)]
