@@ -68,6 +68,10 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT_DIR = REPO_ROOT / "models"
+# The demo's model and sidecar are package data (edge-runtime demo runs from any directory): with the
+# default --out-dir they are written there, and models/ keeps a relative symlink to each.
+PACKAGE_DATA_DIR = REPO_ROOT / "edge_runtime" / "data"
+PACKAGED_MODELS = frozenset({"basicmotions_int8"})
 DEFAULT_FIXTURES_DIR = REPO_ROOT / "tests" / "data"
 DEFAULT_SEED = 20261121
 DEFAULT_DATE = "2026-11-21"
@@ -468,7 +472,9 @@ def build_one(spec: ModelSpec, out_dir: Path, seed: int, bench_runs: int) -> Bui
 
     print(f"[{spec.name}] converting to full-integer int8 TFLite ...", flush=True)
     tflite_bytes = convert_to_int8(spec, model, data.x_train)
-    tflite_path = out_dir / f"{spec.name}.tflite"
+    packaged = spec.name in PACKAGED_MODELS and out_dir.resolve() == DEFAULT_OUT_DIR
+    model_dir = PACKAGE_DATA_DIR if packaged else out_dir
+    tflite_path = model_dir / f"{spec.name}.tflite"
     tflite_path.write_bytes(tflite_bytes)
 
     ev = evaluate_tflite(tflite_bytes, data.x_test, data.y_test, bench_runs)
@@ -540,9 +546,15 @@ def build_one(spec: ModelSpec, out_dir: Path, seed: int, bench_runs: int) -> Bui
         "seed": seed,
         "rebuild_command": rebuild_command(seed),
     }
-    sidecar_path = out_dir / f"{spec.name}.json"
+    sidecar_path = model_dir / f"{spec.name}.json"
     sidecar_path.write_text(json.dumps(sidecar, indent=2) + "\n")
     files.append(sidecar_path)
+    if packaged:
+        for path in (tflite_path, sidecar_path):
+            link = out_dir / path.name
+            if not link.is_symlink():
+                link.unlink(missing_ok=True)
+                link.symlink_to(Path("..") / path.relative_to(REPO_ROOT))
     keras.backend.clear_session()
     print(f"[{spec.name}] done in {time.monotonic() - t_start:.1f} s", flush=True)
     return BuildResult(spec.name, sidecar, ev.median_invoke_us, macs, files)

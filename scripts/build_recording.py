@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Write models/basicmotions_recording.csv: BasicMotions' 40 TEST cases as one IMU recording.
+"""Write edge_runtime/data/basicmotions_recording.csv (packaged for ``edge-runtime demo``; models/ has a
+symlink to it): BasicMotions' 40 TEST cases as one IMU recording.
 
 The streaming demo needs a real sensor recording. This one is aeon's bundled BasicMotions
 data set (smart-watch IMU, 10 Hz, 100 samples per case), TEST split: the same 40 cases
@@ -32,8 +33,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "models" / "basicmotions_recording.csv"
-DEFAULT_SIDECAR = ROOT / "models" / "basicmotions_int8.json"
+# Package data of edge_runtime (the demo runs from any directory); models/ holds symlinks to both.
+DEFAULT_OUT = ROOT / "edge_runtime" / "data" / "basicmotions_recording.csv"
+DEFAULT_SIDECAR = ROOT / "edge_runtime" / "data" / "basicmotions_int8.json"
 DEFAULT_SEED = 20261121
 INTERVAL_US = 100_000  # 10 Hz
 CASE_LENGTH = 100

@@ -115,13 +115,13 @@ def _import_runtime() -> Runtime:
 
 def _install_hint(forced: str) -> str:
     """Which package (and edge-runtime extra) gives this machine a TFLite interpreter."""
-    import sys
-
     for module_name, dist in _MODULES:
         if forced and forced in (module_name.split(".")[0], dist):
             return f"Install {dist} (pip install {dist}), or unset EDGE_RUNTIME_TFLITE"
     machine = platform.machine()
-    if machine.startswith(("armv6", "armv7")):  # 32-bit ARM: no ai-edge-litert wheel
+    if sys.maxsize < 2**32 and machine in ("aarch64", "arm64"):  # 32-bit system on a 64-bit kernel (Pi 4/5)
+        machine = "32-bit ARM"
+    if machine.startswith(("armv6", "armv7", "armv8l", "32-bit")):  # 32-bit ARM: no ai-edge-litert wheel
         if sys.version_info < (3, 12):
             return (
                 f"On {machine} install tflite-runtime: pip install 'tflite-runtime>=2.14' 'numpy<2' "

@@ -42,8 +42,11 @@ def _ov() -> Any:
         import openvino
     except Exception as exc:
         import platform
+        import sys
 
         machine = platform.machine()
+        if sys.maxsize < 2**32:  # a 32-bit system, whatever the kernel reports (Pi 4/5 boot a 64-bit one)
+            machine = f"32-bit {machine}"
         if machine in ("x86_64", "AMD64", "aarch64", "arm64"):
             hint = "install it: pip install openvino (the [openvino] extra)"
         else:  # e.g. armv7l (32-bit Raspberry Pi OS): OpenVINO publishes no wheel or source release
