@@ -10,15 +10,26 @@ overhead      per window, end-to-end latency minus (preprocess + invoke), median
 pty           the firmware emulator at full speed through a pseudo-terminal into the Stream:
               frames/s, MB/s, good frames lost (must be 0), latency p50/p99 from the last byte
               of a window's last frame to its result.
+decode        FrameDecoder on one 64-KiB-payload wire frame at a time (find the 0x00, COBS,
+              CRC, header), side by side: float noise (long COBS blocks, the best case), small
+              int16 samples (in [-50, 50]: a block every ~4 bytes) and all zeros (a block per
+              byte, the worst case). Warm-up, then passes interleaved across the payloads;
+              median and spread (min-max over passes) in MB/s of payload; target: all zeros
+              >= 30 MB/s (a USB 2.0 CDC link). Then, under tracemalloc, steady-state growth and
+              the largest transient allocation per frame. --compare-with REV also times the
+              decoder of git revision REV (loaded into a temporary module, for before/after).
 
-  python scripts/bench_stream.py [--json] [--frames 10000]
+  python scripts/bench_stream.py [--json] [--frames 10000] [--decode-only] [--compare-with REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import inspect
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
@@ -34,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import edge_runtime as er  # noqa: E402
 from edge_runtime.hil.emulator import Emulator  # noqa: E402
-from edge_runtime.stream.codec import FrameDecoder, encode_frame, make_frame  # noqa: E402
+from edge_runtime.stream.codec import Frame, FrameDecoder, encode_frame, make_frame  # noqa: E402
 from edge_runtime.stream.pipeline import Stream  # noqa: E402
 from edge_runtime.stream.preprocess import Preprocess, Preprocessor  # noqa: E402
 from edge_runtime.stream.queue import WindowQueue  # noqa: E402
@@ -69,19 +80,23 @@ def allocations(payload_bytes: int, frames: int, model: er.Model) -> dict[str, A
     pre = Preprocessor(Preprocess.from_sidecar(SIDECAR), 100, channels, model.inputs[0], np.float32)
     results = 0
 
-    def one(i: int) -> None:
+    def on_window(view: np.ndarray, ts: int) -> None:
         nonlocal results
+        queue.put(view, 0, window.windows, ts, 0)
+        slot = queue.get(0)
+        if slot is not None:
+            model.infer_in_place(lambda dst, s=slot: pre(s.data, dst))
+            queue.release(slot)
+            results += 1
+
+    def on_frame(frame: Frame) -> None:
+        window.push(frame.values(), frame.timestamp_us, frame.interval_us, on_window=on_window)
+
+    def one(i: int) -> None:
         wire = wires[i % len(wires)]
         n = len(wire)
         read_view[:n] = wire  # stands for readv() filling the read buffer (memoryview: no temporary)
-        for frame in decoder.feed(read_buf, 0, n):
-            for view, ts in window.push(frame.values(), frame.timestamp_us, frame.interval_us):
-                queue.put(view, 0, window.windows, ts, 0)
-                slot = queue.get(0)
-                if slot is not None:
-                    model.infer_in_place(lambda dst, s=slot: pre(s.data, dst))
-                    queue.release(slot)
-                    results += 1
+        decoder.feed(read_buf, 0, n, on_frame=on_frame)
 
     for i in range(500):  # warm-up: every lazily created object exists after this
         one(i)
@@ -129,7 +144,9 @@ def overhead(model: er.Model, windows: int, rate: int, frame: int, hop: int) -> 
 def pty_throughput(model: er.Model, seconds: float, rate_hz: float | None = None) -> dict[str, Any]:
     rec = np.random.default_rng(1).standard_normal((400_000, 6)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        emu = Emulator(rec, rate_hz=rate_hz, sample_rate_hz=1000, frame_samples=10, link=Path(tmp) / "tty")
+        emu = Emulator(
+            rec, rate=1000, speed=rate_hz / 1000 if rate_hz else None, frame_samples=10, link=Path(tmp) / "tty"
+        )
         src = open_source(emu.address)
         stream = Stream(model, src, window=100, hop=100, preprocess=Preprocess.from_sidecar(SIDECAR), queue_slots=16)
         stop = threading.Event()
@@ -170,6 +187,136 @@ def pty_throughput(model: er.Model, seconds: float, rate_hz: float | None = None
     }
 
 
+#: Decode throughput target, MB/s of payload, for the worst case (all zeros).
+DECODE_TARGET_MB_S = 30.0
+
+
+def decode_payloads() -> dict[str, np.ndarray]:
+    """64-KiB payloads, best case to worst case for COBS (more 0x00 bytes, more blocks)."""
+    rng = np.random.default_rng(0)
+    return {
+        "float noise": rng.standard_normal((16384, 1)).astype(np.float32),
+        "int16 [-50, 50]": rng.integers(-50, 51, (32768, 1)).astype(np.int16),
+        "all zeros": np.zeros((32768, 1), np.int16),
+    }
+
+
+def _old_decoder(rev: str) -> type:
+    """``FrameDecoder`` of ``edge_runtime/stream/codec.py`` at git revision ``rev``, in a temporary module."""
+    source = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{rev}:edge_runtime/stream/codec.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "codec_old.py"
+        path.write_text(source)
+        # Named inside the package so that its relative imports (..errors) resolve; in
+        # sys.modules while it runs (dataclasses look their module up there), not after.
+        name = "edge_runtime.stream._bench_old_codec"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            del sys.modules[name]
+    decoder: type = module.FrameDecoder
+    return decoder
+
+
+def _feeder(decoder: Any) -> Any:
+    """``feed(wire) -> frames decoded`` for ``decoder``: the callback API, or an older generator ``feed``."""
+    feed = decoder.feed
+    if "on_frame" in inspect.signature(feed).parameters:
+        sink = lambda f: None  # noqa: E731 - one callback for every frame: nothing allocated per frame
+        return lambda wire: feed(wire, on_frame=sink)
+    return lambda wire: sum(1 for _ in feed(wire))
+
+
+def decode_throughput(passes: int, min_pass_s: float, decoder_type: type = FrameDecoder) -> dict[str, Any]:
+    """MB/s of payload per kind: ``passes`` passes (each at least ``min_pass_s``), interleaved across kinds."""
+    payloads = decode_payloads()
+    wires = {name: encode_frame(make_frame(values)) for name, values in payloads.items()}
+    decoders = {name: decoder_type() for name in payloads}
+    feeders = {name: _feeder(dec) for name, dec in decoders.items()}
+    reps = {}
+    for name, wire in wires.items():  # warm-up (lazy buffers, caches), and the repeat count of a pass
+        feed = feeders[name]
+        assert feed(wire) == 1, f"{name}: the frame did not decode"
+        t0 = time.perf_counter()
+        n = 0
+        while time.perf_counter() - t0 < min_pass_s / 4:
+            feed(wire)
+            n += 1
+        reps[name] = max(1, 4 * n)
+    rates: dict[str, list[float]] = {name: [] for name in payloads}
+    for _ in range(passes):
+        for name, wire in wires.items():
+            feed, n = feeders[name], reps[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                feed(wire)
+            elapsed = time.perf_counter() - t0
+            rates[name].append(payloads[name].nbytes * n / elapsed / 1e6)
+    out: dict[str, Any] = {}
+    for name, r in rates.items():
+        out[name] = {
+            "payload_bytes": payloads[name].nbytes,
+            "wire_bytes": len(wires[name]),
+            "passes": passes,
+            "frames_per_pass": reps[name],
+            "median_mb_per_s": round(float(np.median(r)), 1),
+            "min_mb_per_s": round(min(r), 1),
+            "max_mb_per_s": round(max(r), 1),
+            "errors": decoders[name].stats.crc_errors + decoders[name].stats.malformed,
+        }
+    return out
+
+
+def decode_allocations(frames: int) -> dict[str, Any]:
+    """Per kind, under tracemalloc after warm-up: net growth per frame and the largest transient allocation."""
+    out: dict[str, Any] = {}
+    for name, values in decode_payloads().items():
+        wire = encode_frame(make_frame(values))
+        decoder = FrameDecoder()
+        sink = lambda f: None  # noqa: E731 - one callback for every frame: nothing allocated per frame
+        for _ in range(20):  # warm-up: the decoder's scratch, NumPy's and the interpreter's caches
+            decoder.feed(wire, on_frame=sink)
+        tracemalloc.start()
+        base, _ = tracemalloc.get_traced_memory()
+        largest = 0
+        for _ in range(frames):
+            tracemalloc.reset_peak()
+            before, _ = tracemalloc.get_traced_memory()
+            decoder.feed(wire, on_frame=sink)
+            largest = max(largest, tracemalloc.get_traced_memory()[1] - before)
+        end, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        out[name] = {"net_growth_bytes_per_frame": round((end - base) / frames, 3), "max_transient_bytes": largest}
+    return out
+
+
+def print_decode(decode: dict[str, Any], old: dict[str, Any] | None, alloc: dict[str, Any], rev: str | None) -> None:
+    print("decode throughput (FrameDecoder, one 64-KiB-payload frame per feed; MB/s of payload)")
+    for name, d in decode.items():
+        line = (
+            f"  {name:16s} median {d['median_mb_per_s']:7.1f} MB/s (min {d['min_mb_per_s']}, max {d['max_mb_per_s']}; "
+            f"{d['passes']} passes of {d['frames_per_pass']} frames)"
+        )
+        if old is not None:
+            o = old[name]
+            line += f"; {rev}: median {o['median_mb_per_s']} MB/s (min {o['min_mb_per_s']}, max {o['max_mb_per_s']})"
+        print(line)
+    for name, a in alloc.items():
+        print(
+            f"  {name:16s} allocation: steady-state growth {a['net_growth_bytes_per_frame']} B/frame, "
+            f"largest transient {a['max_transient_bytes']} B"
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=10_000, help="frames per allocation run (default 10000)")
@@ -177,7 +324,27 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0, help="length of the pty run (default 5)")
     ap.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--decode-only", action="store_true", help="run only the decode throughput section")
+    ap.add_argument("--decode-passes", type=int, default=7, help="passes per payload in the decode section (7)")
+    ap.add_argument("--compare-with", metavar="REV", help="also time the FrameDecoder of git revision REV")
     args = ap.parse_args()
+
+    print("decode ...", file=sys.stderr, flush=True)
+    decode = decode_throughput(args.decode_passes, 0.2)
+    old = decode_throughput(args.decode_passes, 0.2, _old_decoder(args.compare_with)) if args.compare_with else None
+    decode_alloc = decode_allocations(500)
+    decode_ok = decode["all zeros"]["median_mb_per_s"] >= DECODE_TARGET_MB_S
+    decode_target = f"decoding an all-zero 64-KiB payload >= {DECODE_TARGET_MB_S:g} MB/s"
+    if args.decode_only:
+        if args.json:
+            doc = {"decode": decode, "decode_allocations": decode_alloc, "targets": {decode_target: decode_ok}}
+            if old is not None:
+                doc["decode_" + args.compare_with] = old
+            print(json.dumps(doc, indent=2))
+        else:
+            print_decode(decode, old, decode_alloc, args.compare_with)
+            print(f"\ntargets: {decode_target}: {'met' if decode_ok else 'NOT met'}")
+        return 0 if decode_ok else 1
 
     model = er.load(MODEL, "litert:cpu", num_threads=args.threads)
     print("allocations ...", file=sys.stderr, flush=True)
@@ -209,6 +376,7 @@ def main() -> int:
         "overhead p50 <= 20 us (busy)": over["overhead_p50_us"] <= 20,
         "overhead p50 <= 20 us (sparse)": over_sparse["overhead_p50_us"] <= 20,
         "no good frame lost through the pty": pty["good_frames_lost"] == 0 and pty_paced["good_frames_lost"] == 0,
+        decode_target: decode_ok,
     }
     if args.json:
         print(
@@ -218,6 +386,9 @@ def main() -> int:
                     "allocations": alloc,
                     "overhead": [over_sparse, over],
                     "pty": [pty, pty_paced],
+                    "decode": decode,
+                    "decode_allocations": decode_alloc,
+                    **({"decode_" + args.compare_with: old} if old is not None else {}),
                     "targets": targets,
                 },
                 indent=2,
@@ -249,6 +420,8 @@ def main() -> int:
             f"windows {p['windows']}, results {p['results']}, dropped {p['windows_dropped']}; latency from the last "
             f"byte of a window's last frame to its result: p50 {p['latency_p50_us']} us, p99 {p['latency_p99_us']} us"
         )
+    print()
+    print_decode(decode, old, decode_alloc, args.compare_with)
     print("\ntargets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in targets.items()))
     return 0 if all(targets.values()) else 1
 

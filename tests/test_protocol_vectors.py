@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
+from edge_runtime.stream import codec
 from edge_runtime.stream.codec import FrameDecoder, encode_frame, make_frame
 
 SPEC = (ROOT / "firmware_notes" / "serial_protocol.md").read_text()
@@ -39,13 +40,18 @@ def wire_of(name: str) -> bytes:
     return bytes.fromhex("".join(text.split()))
 
 
+@pytest.mark.parametrize("decoder", ["default", "vectorised"])
 @pytest.mark.parametrize("name", sorted(VECTORS))
-def test_vector(name: str) -> None:
+def test_vector(name: str, decoder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if decoder == "vectorised":  # the NumPy COBS path from the second block on, whatever the density
+        monkeypatch.setattr(codec, "_ROUND", 1)
+        monkeypatch.setattr(codec, "_DENSE", 1 << 20)
+        monkeypatch.setattr(codec, "_MIN_REST", 1)
     frame, values = VECTORS[name]
     wire = wire_of(name)
     assert encode_frame(frame) == wire
     assert wire.count(0) == 1 and wire.endswith(b"\x00")
-    (got,) = list(FrameDecoder().feed(wire))
+    (got,) = FrameDecoder().decode_all(wire)
     assert (got.stream_id, got.seq, got.timestamp_us, got.interval_us, got.flags) == (
         frame.stream_id,
         frame.seq,

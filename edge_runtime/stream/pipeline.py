@@ -233,15 +233,23 @@ class Stream:
         run.last_seq[sid] = frame.seq
         queue = run.queue
         assert queue is not None
-        for view, ts in win.push(frame.values(), frame.timestamp_us, frame.interval_us):
+        stopped = False
+
+        def put(view: npt.NDArray[Any], ts: int) -> None:  # push writes every sample, then calls this per window
+            nonlocal stopped
+            if stopped:
+                return
             stats.windows += 1
             while not queue.put(view, sid, win.windows - 1, ts, arrival_ns, timeout=0.1):
                 if run.stop.is_set() or queue.closed:
+                    stopped = True  # the run is over: the frame's later windows are not queued
                     return
             # Hand the GIL to the inference thread now, rather than when this thread next
             # blocks (sched_yield releases it; time.sleep(0) would also, but costs ~65 us of
             # timer slack here). Measured by scripts/bench_stream.py.
             os.sched_yield()
+
+        win.push(frame.values(), frame.timestamp_us, frame.interval_us, on_window=put)
 
     def _start(self, run: _Run, frame: Frame) -> None:
         """The first frame fixes the format: make the preprocessor and the queue for it."""

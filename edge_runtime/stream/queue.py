@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import ArgumentError
+
 DROP_OLDEST = "drop-oldest"
 BLOCK = "block"
 POLICIES = (DROP_OLDEST, BLOCK)
@@ -50,9 +52,9 @@ class WindowQueue:
 
     def __init__(self, slots: int, size: int, channels: int, dtype: npt.DTypeLike, policy: str = DROP_OLDEST) -> None:
         if policy not in POLICIES:
-            raise ValueError(f"unknown queue policy {policy!r}; expected one of {', '.join(POLICIES)}")
+            raise ArgumentError(f"unknown queue policy {policy!r}; expected one of {', '.join(POLICIES)}")
         if slots < 1:
-            raise ValueError("a queue needs at least one slot")
+            raise ArgumentError("a queue needs at least one slot")
         self.policy = policy
         self._slots = [Slot(i, np.zeros((size, channels), dtype=dtype)) for i in range(slots)]
         self._free: deque[int] = deque(range(slots))
