@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Streaming benchmarks (issue 3): allocations per frame, pipeline overhead, pty throughput, latency.
+"""Streaming benchmarks: allocations per frame, pipeline overhead, pty throughput, latency.
 
 allocations   tracemalloc over >= 10,000 frames after warm-up, run synchronously through
               decoder -> window -> queue -> preprocess into the input tensor -> invoke, for

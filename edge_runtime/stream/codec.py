@@ -329,7 +329,7 @@ class DecoderStats:
     gaps: int = 0
     last_seq: dict[int, int] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int]:
         return {k: v for k, v in vars(self).items() if isinstance(v, int)}
 
 

@@ -94,7 +94,7 @@ class SourceStats:
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(vars(self))
-        out["decoder"] = self.decoder.as_dict() if self.decoder is not None else {}
+        out["decoder"] = self.decoder.to_dict() if self.decoder is not None else {}
         return out
 
 
