@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -381,15 +382,20 @@ def _run_stream(
         labels=labels,
     )
     kept: list[Any] = []
-    if not args.json:
-        print(
-            f"{model.describe()}; source {url}; window {stream.window} hop {stream.hop}; preprocess {pre.describe()}",
-            file=sys.stderr,
-        )
+    # The banner goes out with the first result (or at the end, if none came), not before the
+    # source is open: a source that fails (a port that is not there) is then one error line.
+    banner = (
+        None
+        if args.json
+        else f"{model.describe()}; source {url}; window {stream.window} hop {stream.hop}; preprocess {pre.describe()}"
+    )
     status = 0
     results = stream.results(max_results=args.max_results, duration_s=args.duration, stop=stop)
     try:
         for r in results:
+            if banner is not None:
+                print(banner, file=sys.stderr, flush=True)
+                banner = None
             kept.append(r)
             print(json.dumps(r.to_dict()) if args.json else _result_line(r), flush=True)
     except KeyboardInterrupt:  # Ctrl-C ends a live stream: the summary still counts
@@ -398,6 +404,8 @@ def _run_stream(
         status = 0
     finally:
         results.close()
+    if banner is not None:
+        print(banner, file=sys.stderr, flush=True)
     return stream.stats, kept, status
 
 
@@ -877,11 +885,13 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _one_line(exc: EdgeRuntimeError) -> str:
-    """The error as one line: reason [path=..., device=...]; tried: a; b."""
-    text = exc._format().split("\n", 1)[0]
+    """The error as one line: reason [path=..., device=...]; tried: a; b. A line break inside
+    a reason (LiteRT's own messages have them) becomes a space."""
+    where = [f"{k}={v}" for k, v in (("path", exc.path), ("backend", exc.backend), ("device", exc.device)) if v]
+    text = f"{exc.reason} [{', '.join(where)}]" if where else exc.reason
     if exc.attempts:
         text += "; tried: " + "; ".join(exc.attempts)
-    return text
+    return re.sub(r"\s*\n\s*", " ", text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .bundle import Manifest, confidence, read_manifest, softmax, with_thresholds
-from .errors import InputError, ModelLoadError
+from .errors import InputError, ModelClosedError, ModelLoadError
 from .model import Model, load_model
 from .result import Classification, label_for
 from .runner import Fill, Inputs
@@ -70,6 +70,7 @@ class EarlyExitModel:
         self._idx: list[tuple[int, int | None]] = []  # (logits output index, carry output index)
         self.requantized_carries: list[int] = []
         self._clock = clock
+        self._closed = False
         self._check_stages()
         #: Estimated cost of each stage (us), for deadlines: measured at load (median of
         #: ``cost_passes`` passes), then kept current by every run (moving average).
@@ -204,6 +205,8 @@ class EarlyExitModel:
     ) -> tuple[list[npt.NDArray[np.float64]], bool, list[float], float]:
         """Run stages; return (softmax of every exit that ran, cut by deadline, stage times in us,
         the confidence of the last exit that ran, by its own measure)."""
+        if self._closed:
+            raise self._closed_error()
         clock = self._clock
         start = clock()
         probs: list[npt.NDArray[np.float64]] = []
@@ -256,6 +259,8 @@ class EarlyExitModel:
         the deadline; return the best exit so far, marked ``cut_by_deadline``.
         ``force_all``: run every stage and answer with the last exit (for comparisons).
         """
+        if self._closed:  # before the input is checked, as Model does
+            raise self._closed_error()
         return self._classify(self._writer(x), deadline_ms, force_all)
 
     def classify_in_place(self, fill: Fill, *, deadline_ms: float | None = None) -> Classification:
@@ -333,9 +338,14 @@ class EarlyExitModel:
         )
 
     def close(self) -> None:
-        """Release every stage. Safe to call twice; afterwards calls raise ``ModelClosedError``."""
+        """Release every stage. Safe to call twice; afterwards calls raise ``ModelClosedError``
+        naming the bundle (not one of its stage files), as ``Model`` names its file."""
+        self._closed = True
         for s in self.stages:
             s.close()
+
+    def _closed_error(self) -> ModelClosedError:
+        return ModelClosedError("model is closed", path=str(self.path), backend=self.backend, device=self.device)
 
     def __enter__(self) -> EarlyExitModel:
         return self

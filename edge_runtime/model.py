@@ -331,15 +331,27 @@ def load_model(
         "cache_dir": str(cache_dir) if cache_dir else None,
         "openvino_config": openvino_config,
     }
-    for cand in selection.candidates:
+    # A fallback is loud: each device that refused the model is a warning once a later one has
+    # loaded it. When every device refuses, the ModelLoadError lists them all, once (no warnings).
+    refused: list[tuple[str, str]] = []
+    for i, cand in enumerate(selection.candidates):
         try:
             session = get_backend(cand.device.backend).open_session(source, cand.device, **options)
         except (ModelLoadError, BackendUnavailableError) as exc:
             attempts.append(f"{cand.device.request}: {exc.reason}")
-            log.warning(
-                "edge_runtime: %s could not load %s: %s; trying the next device", cand.device.request, where, exc.reason
-            )
+            refused.append((cand.device.request, exc.reason))
+            if i + 1 < len(selection.candidates):
+                log.info(
+                    "edge_runtime: %s could not load %s: %s; trying the next device",
+                    cand.device.request,
+                    where,
+                    exc.reason,
+                )
             continue
+        for request, reason in refused:
+            log.warning(
+                "edge_runtime: %s could not load %s: %s; fell back to %s", request, where, reason, session.device
+            )
         if attempts:
             log.info("edge_runtime: %s loaded on %s after: %s", where, session.device, "; ".join(attempts))
         try:

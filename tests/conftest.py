@@ -1,11 +1,17 @@
-"""Shared fixtures: real models (shipped, MLPerf Tiny reference, and ones built here)."""
+"""Shared fixtures: real models (shipped, MLPerf Tiny reference, and ones built here), and ``cli``,
+which runs the ``edge-runtime`` command as a user runs it."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pytest
@@ -37,7 +43,119 @@ BACKENDS = [
 
 
 def sidecar(model: Path) -> dict[str, Any]:
-    return json.loads(model.with_suffix(".json").read_text())
+    raw: dict[str, Any] = json.loads(model.with_suffix(".json").read_text())
+    return raw
+
+
+class Running:
+    """A started ``edge-runtime`` process; its stdout and stderr are read line by line as they come.
+
+    ``wait_for("stderr", PATTERN)`` blocks until such a line arrives (no fixed sleeps);
+    ``finish()`` waits for the exit and returns a ``CompletedProcess`` of everything written.
+    As a context manager, it kills the process if the test left it running.
+    """
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._ended: set[str] = set()
+        self._changed = threading.Condition()
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(name, stream), daemon=True)
+            for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr))
+        ]
+        for t in self._pumps:
+            t.start()
+
+    def _pump(self, name: str, stream: IO[str] | None) -> None:
+        assert stream is not None
+        for line in stream:
+            with self._changed:
+                self.lines[name].append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._ended.add(name)
+            self._changed.notify_all()
+
+    def wait_for(self, name: str, pattern: str, timeout: float = 60) -> re.Match[str]:
+        """The first line of ``name`` ("stdout" or "stderr") matching ``pattern``; waits at most ``timeout`` s."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines[name]:
+                    if m := rx.search(line):
+                        return m
+                left = deadline - time.monotonic()
+                if name in self._ended or left <= 0:
+                    why = "ended" if name in self._ended else f"wrote nothing like it in {timeout} s"
+                    raise AssertionError(
+                        f"{name} {why} without a line matching {pattern!r}; it wrote:\n"
+                        + "".join(self.lines[name])[-2000:]
+                        + "\nand on the other stream:\n"
+                        + "".join(self.lines["stderr" if name == "stdout" else "stdout"])[-2000:]
+                    )
+                self._changed.wait(left)
+
+    def finish(self, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Wait for the exit (``subprocess.TimeoutExpired`` after ``timeout`` s) and return all it wrote."""
+        self.proc.wait(timeout)
+        for t in self._pumps:
+            t.join(timeout)
+        return subprocess.CompletedProcess(
+            self.proc.args, self.proc.returncode, "".join(self.lines["stdout"]), "".join(self.lines["stderr"])
+        )
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for t in self._pumps:  # they end at the pipes' EOF, now that the process is gone
+            t.join(10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+class Cli:
+    """Runs ``python -m edge_runtime ARGS...`` as a real subprocess, in the repository root.
+
+    ``cli(*args)`` waits for it (at most ``timeout`` seconds) and returns the
+    ``CompletedProcess`` (text stdout and stderr); ``cli.start(*args)`` returns it ``Running``,
+    for tests that talk to it while it runs (signals after a given line).
+    Third-party ``warnings`` are silenced (``PYTHONWARNINGS=ignore``): a backend's deprecation
+    notice is not the command's output. ``CI=true`` turns off OpenVINO's usage telemetry:
+    ``import openvino`` otherwise sends it from a child forked off a threaded process, which
+    can deadlock while it holds the command's stdout and stderr open, so that the test waits
+    out its timeout although the command itself has exited.
+    """
+
+    def __init__(self) -> None:
+        self.env = {**os.environ, "PYTHONWARNINGS": "ignore", "CI": "true"}
+
+    @staticmethod
+    def argv(*args: str | Path) -> list[str]:
+        return [sys.executable, "-m", "edge_runtime", *map(str, args)]
+
+    def __call__(self, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=self.env, check=False
+        )
+
+    def start(self, *args: str | Path) -> Running:
+        proc = subprocess.Popen(
+            self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=self.env
+        )
+        return Running(proc)
+
+
+@pytest.fixture(scope="session")
+def cli() -> Cli:
+    """Run the ``edge-runtime`` command: ``cli("info", path, "--json").stdout``."""
+    return Cli()
 
 
 @pytest.fixture(scope="session")

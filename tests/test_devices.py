@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import edge_runtime as er
-from edge_runtime.devices import Device, parse_request, select
+from edge_runtime.device_info import Device
+from edge_runtime.devices import parse_request, select
 
 CPU_LITERT = Device("litert", "cpu", "cpu", "XNNPACK", True)
 EDGETPU = Device("litert", "edgetpu", "tpu", "Coral Edge TPU", True, options=(("library", "/usr/lib/libedgetpu.so.1"),))
@@ -102,9 +105,12 @@ def test_parse_request_errors(text: str, message: str) -> None:
     assert info.value.device == text
 
 
-def test_bad_request_fails_before_touching_the_model(digits_model: object) -> None:
+def test_bad_request_fails_before_touching_the_model(tmp_path: Path) -> None:
+    never_read = tmp_path / "absent.tflite"  # the request is checked first: no "no such file"
     with pytest.raises(er.DeviceRequestError, match="cannot parse device request 'gpu0'"):
-        er.load(digits_model, "gpu0")  # type: ignore[arg-type]
+        er.load(never_read, "gpu0")
+    with pytest.raises(er.DeviceRequestError, match="cannot parse device request 'gpu0'"):
+        er.load(never_read, ["cpu", "gpu0"])
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import backend_available
+from conftest import DATA, backend_available
 
 import edge_runtime as er
 
@@ -18,14 +18,30 @@ needs_both = pytest.mark.skipif(
 
 def test_missing_delegate_falls_back_to_cpu_with_reason(digits_model: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="edge_runtime"):
-        model = er.load(digits_model, ["litert:delegate=/nonexistent/libnpu.so", "litert:cpu"])
+        model = er.load_model(digits_model, ["litert:delegate=/nonexistent/libnpu.so", "litert:cpu"])
     with model:
         assert model.device == "litert:cpu"
         assert model.attempts == (
             "litert:delegate=/nonexistent/libnpu.so: delegate library /nonexistent/libnpu.so not found",
         )
-        assert "trying the next device" in caplog.text
+        assert [r.levelname for r in caplog.records] == ["WARNING"]
+        assert caplog.records[0].getMessage() == (
+            f"edge_runtime: litert:delegate=/nonexistent/libnpu.so could not load {digits_model}: "
+            "delegate library /nonexistent/libnpu.so not found; fell back to litert:cpu"
+        )
         assert model.infer_raw(np.zeros(model.inputs[0].shape, np.int8))[0].shape == model.outputs[0].shape
+
+
+def test_when_every_device_refuses_the_error_alone_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    """No fallback happened: no warning, one ModelLoadError listing every device tried."""
+    path = DATA / "custom_op.tflite"
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"), pytest.raises(er.ModelLoadError) as info:
+        er.load(path, ["litert:delegate=/nonexistent/libnpu.so", "cpu"])
+    assert caplog.records == []
+    assert info.value.attempts[0].startswith("litert:delegate=/nonexistent/libnpu.so: delegate library")
+    assert sum("EdgeRuntimeTestOnlyOp" in a for a in info.value.attempts) == len(
+        [b for b in ("litert", "openvino") if backend_available(b)]
+    )
 
 
 def test_a_library_that_is_not_a_delegate_does_not_crash(digits_model: Path, tmp_path: Path) -> None:

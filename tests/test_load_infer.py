@@ -1,4 +1,8 @@
-"""Loading and running real int8 models on the real LiteRT and OpenVINO interpreters."""
+"""Loading and running real int8 models on the real LiteRT and OpenVINO interpreters.
+
+``load_model`` (the concrete ``Model``) where a test uses the raw paths (``infer_raw``,
+``infer_in_place``, ``session``); ``load`` (a ``Runner``) where the contract is enough.
+The contract itself, on models and bundles alike: test_runner_contract.py."""
 
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ def _bare_openvino(path: Path, x: np.ndarray[Any, Any]) -> list[np.ndarray[Any, 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("path", ALL_TFLITE, ids=lambda p: p.name)
 def test_infer_raw_is_bit_identical_to_the_bare_interpreter(path: Path, backend: str) -> None:
-    with er.load(path, DEVICE[backend]) as model:
+    with er.load_model(path, DEVICE[backend]) as model:
         assert model.backend == backend and model.device == DEVICE[backend]
         for seed in range(3):
             x = random_input(model.inputs[0], seed)
@@ -81,12 +85,11 @@ def test_shipped_model_accuracy_matches_its_readme(path: Path, backend: str) -> 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_infer_quantizes_float_input_and_dequantizes_output(digits_model: Path, backend: str) -> None:
-    with er.load(digits_model, DEVICE[backend]) as model:
+    with er.load_model(digits_model, DEVICE[backend]) as model:
         spec, out = model.inputs[0], model.outputs[0]
-        assert spec.dtype == np.int8 and spec.quantization is not None
+        assert spec.dtype == np.int8 and spec.quantization is not None and out.quantization is not None
         real = np.random.default_rng(1).uniform(0, 1, spec.shape).astype(np.float32)
         q = er.quantize(real, spec)
-        np.testing.assert_array_equal(model.infer_raw(q)[0], model.infer_raw(q)[0])
         raw = model.infer_raw(q)[0]
         result = model.infer(real)[0]
         assert result.dtype == np.float32
@@ -94,6 +97,20 @@ def test_infer_quantizes_float_input_and_dequantizes_output(digits_model: Path, 
         np.testing.assert_array_equal(result, expected)
         # An array already in the input dtype passes unchanged.
         np.testing.assert_array_equal(model.infer(q)[0], result)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outputs_belong_to_the_caller(digits_model: Path, backend: str) -> None:
+    """A later run must not overwrite what an earlier one returned (no view of the backend's memory)."""
+    with er.load_model(digits_model, DEVICE[backend]) as model:
+        a, b = random_input(model.inputs[0], 1), random_input(model.inputs[0], 2)
+        raw_a, scores_a = model.infer_raw(a)[0], model.infer(a)[0]
+        kept_raw, kept_scores = raw_a.copy(), scores_a.copy()
+        raw_b = model.infer_raw(b)[0]
+        assert not np.array_equal(raw_b, kept_raw), "the two inputs must give different outputs for this to test"
+        model.infer(b)
+        np.testing.assert_array_equal(raw_a, kept_raw)
+        np.testing.assert_array_equal(scores_a, kept_scores)
 
 
 def test_quantize_rounds_and_saturates() -> None:
@@ -105,7 +122,7 @@ def test_quantize_rounds_and_saturates() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_wrong_inputs_raise_input_error(digits_model: Path, backend: str) -> None:
-    with er.load(digits_model, DEVICE[backend]) as model:
+    with er.load_model(digits_model, DEVICE[backend]) as model:
         spec = model.inputs[0]
         with pytest.raises(er.InputError, match=r"shape \(1, 64\), expected \(1, 8, 8, 1\)") as info:
             model.infer_raw(np.zeros((1, 64), np.int8))
@@ -120,18 +137,8 @@ def test_wrong_inputs_raise_input_error(digits_model: Path, backend: str) -> Non
         np.testing.assert_array_equal(by_name[0], model.infer_raw(np.zeros(spec.shape, np.int8))[0])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_close_is_idempotent_and_blocks_use(digits_model: Path, backend: str) -> None:
-    model = er.load(digits_model, DEVICE[backend])
-    model.close()
-    model.close()
-    assert model.closed
-    with pytest.raises(er.InferenceError, match="model is closed"):
-        model.infer_raw(np.zeros(model.inputs[0].shape, np.int8))
-
-
 def test_openvino_ir_loads_from_memory_and_matches_tflite(ir_model: Path, digits_model: Path) -> None:
-    with er.load(ir_model) as ir, er.load(digits_model, "openvino:CPU") as tfl:
+    with er.load_model(ir_model) as ir, er.load_model(digits_model, "openvino:CPU") as tfl:
         assert ir.format == "ir" and ir.backend == "openvino"
         assert ir.inputs[0].quantization == tfl.inputs[0].quantization
         x = random_input(ir.inputs[0], 3)
@@ -145,7 +152,7 @@ def test_openvino_ir_rejected_by_litert_request(ir_model: Path) -> None:
 
 def test_onnx_qdq_model(onnx_model: tuple[Path, np.ndarray[Any, Any]]) -> None:
     path, w = onnx_model
-    with er.load(path) as model:
+    with er.load_model(path) as model:
         assert model.format == "onnx" and model.device == "openvino:CPU"
         (spec,), (out,) = model.inputs, model.outputs
         assert spec.shape == (1, 4), "dynamic batch is reshaped to 1"
@@ -168,12 +175,12 @@ def test_openvino_reshapes_dynamic_batch_to_static(digits_model: Path) -> None:
 @pytest.mark.skipif(not backend_available("openvino"), reason="openvino not installed")
 def test_openvino_cache_dir_is_written_and_reused(digits_model: Path, tmp_path: Path) -> None:
     cache = tmp_path / "ov-cache"
-    with er.load(digits_model, "openvino:CPU", cache_dir=cache) as first:
+    with er.load_model(digits_model, "openvino:CPU", cache_dir=cache) as first:
         x = random_input(first.inputs[0], 5)
         expected = first.infer_raw(x)[0]
     blobs = sorted(p.name for p in cache.iterdir())
     assert blobs, "OpenVINO wrote no compiled blob into CACHE_DIR"
-    with er.load(digits_model, "openvino:CPU", cache_dir=cache) as second:
+    with er.load_model(digits_model, "openvino:CPU", cache_dir=cache) as second:
         np.testing.assert_array_equal(second.infer_raw(x)[0], expected)
     assert sorted(p.name for p in cache.iterdir()) == blobs
 
@@ -219,7 +226,7 @@ def test_onnx_with_external_data_loads(tmp_path: Path, onnx_model: tuple[Path, n
         size_threshold=0,
     )
     assert (tmp_path / "weights.data").is_file()
-    with er.load(out) as m, er.load(path) as ref:
+    with er.load_model(out) as m, er.load_model(path) as ref:
         x = np.array([[1, 2, 3, 4]], np.int8)
         np.testing.assert_array_equal(m.infer_raw(x)[0], ref.infer_raw(x)[0])
 
@@ -233,10 +240,23 @@ def test_nan_input_is_refused(digits_model: Path, backend: str) -> None:
             model.infer(x)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.0, True])
-def test_num_threads_is_checked_before_loading(digits_model: Path, bad: Any) -> None:
-    with pytest.raises(ValueError, match="num_threads must be a whole number >= 1"):
-        er.load(digits_model, num_threads=bad)
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True, "2"])
+def test_threads_are_checked_before_loading(tmp_path: Path, bad: Any) -> None:
+    never_read = tmp_path / "absent.tflite"  # checked first: the missing file is not what is reported
+    with pytest.raises(er.ArgumentError, match="threads must be a whole number >= 1") as info:
+        er.load(never_read, threads=bad)
+    assert isinstance(info.value, ValueError), "ArgumentError is also a ValueError, as before"
+    with pytest.raises(er.ArgumentError, match="threads must be a whole number >= 1"):
+        er.load_model(never_read, threads=bad)
+
+
+def test_num_threads_is_the_older_spelling(digits_model: Path) -> None:
+    with pytest.warns(DeprecationWarning, match=r"load\(num_threads=\) is now load\(threads=\)"):
+        er.load(digits_model, "litert:cpu" if backend_available("litert") else "openvino:CPU", num_threads=1).close()
+    with pytest.warns(DeprecationWarning), pytest.raises(er.ArgumentError, match="threads must be a whole number"):
+        er.load(digits_model, num_threads=0)
+    with pytest.raises(er.ArgumentError, match="disagree: pass only threads"):
+        er.load(digits_model, threads=2, num_threads=1)
 
 
 def test_empty_request_list_is_a_request_error(tmp_path: Path) -> None:
@@ -248,16 +268,23 @@ def test_empty_request_list_is_a_request_error(tmp_path: Path) -> None:
 def test_infer_in_place_writes_the_tensor_or_falls_back_to_one_copy(digits_model: Path, backend: str) -> None:
     from edge_runtime.backends.base import Capabilities
 
-    with er.load(digits_model, DEVICE[backend]) as model:
+    with er.load_model(digits_model, DEVICE[backend]) as model:
         x = random_input(model.inputs[0], 9)
         expected = model.infer_raw(x)[0]
+        owned: list[bool] = []  # per call: did fill get a new array (True) or the backend's tensor (False)?
 
         def fill(dst: np.ndarray[Any, Any]) -> None:
             assert dst.shape == x.shape and dst.dtype == x.dtype
+            owned.append(bool(dst.flags.owndata))
             dst[...] = x
 
         np.testing.assert_array_equal(model.infer_in_place(fill)[0], expected)
+        np.testing.assert_array_equal(model.classify_in_place(fill).scores, model.infer(x)[0].reshape(-1))
         assert model.session.capabilities.writable_inputs
-        model.session.capabilities = Capabilities(writable_inputs=False)  # as a backend without buffers
+        # As a backend without writable buffers: the capability is read once, at load.
+        model.session.capabilities = Capabilities(writable_inputs=False)
+        model._writable = False
         np.testing.assert_array_equal(model.infer_in_place(fill)[0], expected)
-        assert model.describe()["execution_devices"] == ["CPU" if backend == "openvino" else "litert:cpu"]
+        np.testing.assert_array_equal(model.classify_in_place(fill).scores, model.infer(x)[0].reshape(-1))
+        assert owned == [False, False, True, True]
+        assert model.to_dict()["execution_devices"] == ["CPU" if backend == "openvino" else "litert:cpu"]

@@ -95,7 +95,7 @@ for _ in range(int(sys.argv[3])):
     path = sys.argv[4]
     open(path, "wb").write(b)
     try:
-        with er.load(path, sys.argv[5]) as m:
+        with er.load_model(path, sys.argv[5]) as m:
             m.infer_raw(np.zeros(m.inputs[0].shape, m.inputs[0].dtype))
         outcomes["loaded"] += 1
     except er.EdgeRuntimeError:

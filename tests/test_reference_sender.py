@@ -49,7 +49,7 @@ def test_sender_writes_the_spec_vectors(sender_output: bytes) -> None:
 
 def test_decoder_reads_four_frames_from_the_sender(sender_output: bytes) -> None:
     decoder = FrameDecoder()
-    frames = [(f.stream_id, f.seq, f.samples, f.channels) for f in decoder.feed(sender_output)]
+    frames = [(f.stream_id, f.seq, f.samples, f.channels) for f in decoder.decode_all(sender_output)]
     assert frames == [(0, 0, 2, 1), (3, 0x01020304, 1, 2), (1, 7, 0, 1), (0, 1, 100, 3)]
     stats = decoder.stats
     assert (stats.frames, stats.crc_errors, stats.malformed, stats.oversize) == (4, 0, 0, 0)

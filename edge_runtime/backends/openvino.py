@@ -10,6 +10,8 @@ dynamic ``[?,640]`` input ran ~3x slower than the static one).
 
 from __future__ import annotations
 
+import os
+import sys
 import tempfile
 from collections.abc import Collection
 from pathlib import Path
@@ -34,10 +36,35 @@ _import_error: str | None = None
 _PASS_THROUGH = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Convert"}
 
 
+#: Set to 1 to leave OpenVINO's usage telemetry as OpenVINO configures it.
+TELEMETRY_ENV = "EDGE_RUNTIME_OPENVINO_TELEMETRY"
+
+
+def _no_telemetry() -> None:
+    """Keep ``import openvino`` from starting usage telemetry in this process.
+
+    OpenVINO's Python package (its model converter, imported by ``import openvino``) starts
+    usage telemetry unless it finds a CI environment: it writes a client-id file under the
+    user's home and sends events from a worker thread over the network. A runtime on a
+    device does not phone home, and on a board without a network (or in a sandbox) that
+    sender has been seen hanging a forked child that held the CLI's output open. We take
+    the package's own "running in CI" exit, for this process only; nothing on disk or in the
+    environment changes. ``EDGE_RUNTIME_OPENVINO_TELEMETRY=1`` leaves it alone.
+    """
+    if os.environ.get(TELEMETRY_ENV) == "1" or "openvino" in sys.modules:
+        return
+    try:
+        from openvino_telemetry.utils.opt_in_checker import OptInChecker
+    except Exception:  # noqa: BLE001 - absent or reorganised: nothing to turn off here
+        return
+    OptInChecker._run_in_ci = staticmethod(lambda: True)
+
+
 def _ov() -> Any:
     global _import_error
     if _import_error is not None:
         raise BackendUnavailableError(_import_error, backend=NAME)
+    _no_telemetry()
     try:
         import openvino
     except Exception as exc:
