@@ -289,11 +289,12 @@ def test_feed_from_inside_on_frame_is_refused() -> None:
 @pytest.mark.parametrize("kind", ["zeros", "int16", "mixed"])
 def test_zero_dense_frames_round_trip(kind: str) -> None:
     rng = np.random.default_rng(5)
-    values = {
+    table: dict[str, np.ndarray[Any, Any]] = {
         "zeros": np.zeros((MAX_PAYLOAD // 2, 1), np.int16),
         "int16": rng.integers(-50, 51, (4000, 8)).astype(np.int16),
         "mixed": np.concatenate([rng.standard_normal((500, 4)), np.zeros((500, 4))]).astype(np.float32),
-    }[kind]
+    }
+    values = table[kind]
     sent = [make_frame(values, seq=i) for i in range(3)]
     d = FrameDecoder()
     assert decode_all(d, [b"".join(encode_frame(f) for f in sent)]) == [key(f) for f in sent]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, MODELS, ROOT
+from conftest import BACKENDS, MODELS, ROOT, Cli
 
 import edge_runtime as er
 from edge_runtime.hil.emulator import Emulator
@@ -52,7 +51,7 @@ def test_stream_matches_infer_on_the_same_windows() -> None:
     source = FileSource(f"file:{RECORDING}?speed=max&frame=25")
     pre = Preprocess.from_sidecar(SIDECAR)
     mean, std = np.array(pre.offset, np.float32), np.array(pre.scale, np.float32)
-    with er.load(MODEL, "litert:cpu") as model:
+    with er.load_model(MODEL, "litert:cpu") as model:
         stream = Stream(model, source, preprocess=pre, hop=50, policy=BLOCK)
         results = list(stream.results())
         assert len(results) == (4000 - 100) // 50 + 1
@@ -158,19 +157,8 @@ def test_pty_stream_end_to_end(tmp_path: Path) -> None:
     assert all(r.latency_us > r.invoke_us > 0 for r in results)
 
 
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edge_runtime", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-
-
-def test_cli_demo_is_the_main_job() -> None:
-    out = _cli("demo", "--json", "--speed", "200")
+def test_cli_demo_is_the_main_job(cli: Cli) -> None:
+    out = cli("demo", "--json", "--speed", "200")
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     summary = lines[-1]["summary"]
@@ -179,8 +167,8 @@ def test_cli_demo_is_the_main_job() -> None:
     assert summary["source"]["decoder"]["crc_errors"] == 0 and summary["source"]["decoder"]["frames"] == 400
 
 
-def test_cli_run_on_a_synthetic_source() -> None:
-    out = _cli(
+def test_cli_run_on_a_synthetic_source(cli: Cli) -> None:
+    out = cli(
         "run",
         str(MODEL),
         "--source",
@@ -198,7 +186,7 @@ def test_cli_run_on_a_synthetic_source() -> None:
     assert lines[0]["label"] in LABELS
 
 
-def test_cli_emulate_and_run_as_two_processes(tmp_path: Path) -> None:
+def test_cli_emulate_and_run_as_two_processes(tmp_path: Path, cli: Cli) -> None:
     link = tmp_path / "ttyIMU"
     emu = subprocess.Popen(
         [
@@ -223,7 +211,7 @@ def test_cli_emulate_and_run_as_two_processes(tmp_path: Path) -> None:
         assert emu.stdout is not None
         address = emu.stdout.readline().strip()
         assert address == str(link)
-        out = _cli("run", str(MODEL), "--source", address, "--json", "--max-results", "40", timeout=60)
+        out = cli("run", str(MODEL), "--source", address, "--json", "--max-results", "40", timeout=60)
         assert out.returncode == 0, out.stderr
         lines = [json.loads(line) for line in out.stdout.splitlines()]
         summary = lines[-1]["summary"]
@@ -253,8 +241,8 @@ def test_cli_emulate_and_run_as_two_processes(tmp_path: Path) -> None:
         (str(RECORDING), 1, f"is a regular file, not a serial port: did you mean file:{RECORDING}?"),
     ],
 )
-def test_cli_bad_sources_are_clear_errors(source: str, status: int, message: str) -> None:
-    out = _cli("run", str(MODEL), "--source", source, timeout=60)
+def test_cli_bad_sources_are_clear_errors(source: str, status: int, message: str, cli: Cli) -> None:
+    out = cli("run", str(MODEL), "--source", source, timeout=60)
     assert out.returncode == status, (out.returncode, out.stderr[-500:])
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("edge-runtime: error: ") and message in last, out.stderr[-500:]
@@ -271,38 +259,22 @@ def test_cli_bad_sources_are_clear_errors(source: str, status: int, message: str
         (["--window", "7"], "a window of 7 samples cannot fill input"),
     ],
 )
-def test_cli_bad_window_options_are_usage_errors(flags: list[str], message: str) -> None:
-    out = _cli("run", str(MODEL), "--source", "synthetic:sine?channels=6&count=20", *flags, timeout=60)
+def test_cli_bad_window_options_are_usage_errors(flags: list[str], message: str, cli: Cli) -> None:
+    out = cli("run", str(MODEL), "--source", "synthetic:sine?channels=6&count=20", *flags, timeout=60)
     assert out.returncode == 2, out.stderr[-500:]
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("edge-runtime: error: ") and message in out.stderr
 
 
-def test_cli_ctrl_c_still_prints_the_summary() -> None:
+def test_cli_ctrl_c_still_prints_the_summary(cli: Cli) -> None:
     import signal
 
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edge_runtime",
-            "run",
-            str(MODEL),
-            "--source",
-            "synthetic:sine?channels=6&frame=10&rate=2000",
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    first = proc.stdout.readline()  # a result: the stream runs
-    assert json.loads(first)["window_index"] == 0
-    proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 130
-    summary = json.loads(rest.strip().splitlines()[-1])["summary"]
+    with cli.start("run", MODEL, "--source", "synthetic:sine?channels=6&frame_samples=10&rate=2000", "--json") as run:
+        first = run.wait_for("stdout", r"^\{")  # a result: the stream runs
+        assert json.loads(first.string)["window_index"] == 0
+        run.proc.send_signal(signal.SIGINT)
+        out = run.finish(timeout=30)
+    assert out.returncode == 130
+    summary = json.loads(out.stdout.strip().splitlines()[-1])["summary"]
     assert summary["results"] >= 1 and summary["frames"] >= 10
 
 
@@ -320,8 +292,8 @@ def test_a_bundle_streams_through_the_same_calls() -> None:
     assert all(abs(sum(r.scores) - 1) < 1e-3 for r in results)  # a bundle's scores are the exit's softmax
 
 
-def test_cli_run_a_bundle_takes_its_labels_from_the_manifest() -> None:
-    out = _cli(
+def test_cli_run_a_bundle_takes_its_labels_from_the_manifest(cli: Cli) -> None:
+    out = cli(
         "run",
         str(MODELS / "digits_early_exit"),
         "--source",

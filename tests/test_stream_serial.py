@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_runtime.errors import ArgumentError
+from edge_runtime.errors import ArgumentError, SourceError
 from edge_runtime.hil.emulator import Emulator, Faults, Pty
 from edge_runtime.stream.codec import Frame
-from edge_runtime.stream.sources import SerialSource, SourceError, open_source
+from edge_runtime.stream.sources import SerialSource, open_source
 
 CH = 6
 
