@@ -44,7 +44,7 @@ from .model_file import READERS, ModelSource, read_model_file
 from .result import Classification, top_score
 from .runner import Fill, Inputs
 from .sidecar import Sidecar, read_sidecar, sidecar_path
-from .tensors import TensorSpec, dequantize, quantize, unquantized_message
+from .tensors import Quantizer, TensorSpec, dequantize, quantize, unquantized_message
 
 log = logging.getLogger("edge_runtime")
 
@@ -88,6 +88,7 @@ class Model:
         first = self.inputs[0] if len(self.inputs) == 1 else None
         self._fast = (first.dtype, first.shape) if first is not None else None
         self._writable = session.capabilities.writable_inputs
+        self._quantizers = [Quantizer(s) if s.quantization is not None else None for s in self.inputs]
 
     @property
     def session(self) -> Session:
@@ -148,13 +149,14 @@ class Model:
         if not self._writable:
             raw = session.run(self._arrays(x, convert=True))
             return [dequantize(r, spec) for r, spec in zip(raw, self.outputs)]
-        for i, (a, spec) in enumerate(zip(self._items(x), self.inputs)):
+        items = [x] if self._fast is not None and type(x) is np.ndarray else self._items(x)
+        for i, (a, spec) in enumerate(zip(items, self.inputs)):
             self._check(a, spec, convert=True)
             buf = session.input_buffer(i)
             if a.dtype == spec.dtype:
                 np.copyto(buf, a)
-            elif spec.quantization is not None:
-                quantize(a, spec, out=buf)
+            elif (quantizer := self._quantizers[i]) is not None:
+                quantizer(a, buf)  # straight into the tensor, no allocation
             else:
                 np.copyto(buf, a, casting="same_kind")  # float into a float tensor
             del buf  # LiteRT refuses to invoke while a view of its tensors is alive

@@ -59,5 +59,5 @@ def label_for(index: int, labels: Sequence[str] | None) -> str:
 
 def top_score(scores: npt.NDArray[np.float32], labels: Sequence[str] | None, stage_us: float) -> Classification:
     """A plain model's classification of ``scores`` (which it takes ownership of)."""
-    idx = int(np.argmax(scores))
+    idx = int(scores.argmax())
     return Classification(label_for(idx, labels), idx, scores, float(scores[idx]), 0, (stage_us,))

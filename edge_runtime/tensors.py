@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .errors import ArgumentError
+
 
 @dataclass(frozen=True)
 class Quantization:
@@ -32,16 +34,16 @@ class Quantization:
 
     @property
     def scale(self) -> float:
-        """The per-tensor scale; raises ``ValueError`` for per-channel quantization."""
+        """The per-tensor scale; raises ``ArgumentError`` (a ``ValueError``) for per-channel quantization."""
         if self.per_channel:
-            raise ValueError("per-channel quantization has no single scale")
+            raise ArgumentError("per-channel quantization has no single scale")
         return self.scales[0]
 
     @property
     def zero_point(self) -> int:
-        """The per-tensor zero point; raises ``ValueError`` for per-channel quantization."""
+        """The per-tensor zero point; raises ``ArgumentError`` (a ``ValueError``) for per-channel quantization."""
         if self.per_channel:
-            raise ValueError("per-channel quantization has no single zero point")
+            raise ArgumentError("per-channel quantization has no single zero point")
         return self.zero_points[0]
 
     @cached_property
@@ -113,7 +115,7 @@ def quantize(x: npt.ArrayLike, spec: TensorSpec, out: npt.NDArray[Any] | None = 
     """
     q = spec.quantization
     if q is None:
-        raise ValueError(f"tensor {spec.name!r} has no quantization parameters")
+        raise ArgumentError(f"tensor {spec.name!r} has no quantization parameters")
     info = np.iinfo(spec.dtype)
     scale, zp = q._broadcast(len(spec.shape))
     values = np.rint(np.asarray(x, dtype=np.float32) / scale) + zp
@@ -123,6 +125,38 @@ def quantize(x: npt.ArrayLike, spec: TensorSpec, out: npt.NDArray[Any] | None = 
         return result
     np.copyto(out, values, casting="unsafe")
     return out
+
+
+class Quantizer:
+    """``quantize`` for one tensor, into memory that already exists: the same values
+    (``clip(rint(x / scale) + zp)``, computed in float32), no allocation per call.
+
+    Owns a float32 scratch buffer of ``spec``'s shape (not thread-safe: one per model, as the
+    model's interpreter is). ``x`` must be a float array of ``spec``'s shape; ``out`` is the
+    tensor's memory (``spec``'s shape and dtype).
+    """
+
+    def __init__(self, spec: TensorSpec) -> None:
+        q = spec.quantization
+        if q is None:
+            raise ArgumentError(f"tensor {spec.name!r} has no quantization parameters")
+        info = np.iinfo(spec.dtype)
+        self._scale, self._zp = q._broadcast(len(spec.shape))
+        self._lo, self._hi = np.float32(info.min), np.float32(info.max)
+        self._scratch = np.empty(spec.shape, np.float32)
+
+    def __call__(self, x: npt.NDArray[Any], out: npt.NDArray[Any]) -> None:
+        s = self._scratch
+        if x.dtype == np.float32:
+            np.divide(x, self._scale, out=s)
+        else:  # to float32 first, as quantize() does, so that the division rounds the same way
+            np.copyto(s, x, casting="unsafe")
+            np.divide(s, self._scale, out=s)
+        np.rint(s, out=s)
+        np.add(s, self._zp, out=s)
+        np.maximum(s, self._lo, out=s)
+        np.minimum(s, self._hi, out=s)
+        np.copyto(out, s, casting="unsafe")  # the one write into the tensor
 
 
 def dequantize(q_values: npt.NDArray[Any], spec: TensorSpec) -> npt.NDArray[np.float32]:

@@ -146,3 +146,22 @@ def test_a_delegate_that_refuses_the_model_falls_back(digits_model: Path, tmp_pa
     with er.load(digits_model, [f"litert:delegate={lib}", "litert:cpu"]) as model:
         assert model.device == "litert:cpu"
         assert model.attempts[0].startswith(f"litert:delegate={lib}: the interpreter or its delegate refused")
+
+
+@needs_both
+def test_an_openvino_device_that_compiles_but_cannot_make_a_request_falls_back(
+    digits_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device whose infer request cannot be made (a driver that compiles, then fails) is a load
+    failure like any other: the next device is tried, and the reason is kept. The fault is
+    injected into the real compiled model's ``create_infer_request``: no device here fails so."""
+    import openvino as ov
+
+    def lost(self: object) -> object:
+        raise RuntimeError("Exception from src/plugin.cpp:1:\ndevice lost\n")
+
+    monkeypatch.setattr(ov.CompiledModel, "create_infer_request", lost)
+    with er.load_model(digits_model, ["openvino:CPU", "litert:cpu"]) as model:
+        assert model.device == "litert:cpu"
+        assert model.attempts == ("openvino:CPU: cannot create an infer request on CPU: device lost",)
+        assert model.classify(np.zeros(model.inputs[0].shape, np.float32)).exit_index == 0
