@@ -42,6 +42,24 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if f.startswith(("amx", "avx512_vnni", "avx_vnni", "avx512f")))
 
 
+def amx_permitted() -> bool | None:
+    """Whether this process holds Linux's permission to use AMX tiles (XTILEDATA): XNNPACK asks
+    for it when it sets up AMX int8 kernels. None where the question cannot be asked."""
+    import ctypes
+    import platform
+
+    if platform.machine() != "x86_64":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        perm = ctypes.c_uint64(0)
+        if libc.syscall(158, 0x1022, ctypes.byref(perm)) != 0:  # arch_prctl(ARCH_GET_XCOMP_PERM)
+            return None
+    except (OSError, AttributeError):
+        return None
+    return bool(perm.value & (1 << 18))
+
+
 def measure(path: Path, threads: int, warmup: int, passes: int, runs: int) -> dict[str, float]:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -95,6 +113,7 @@ def main() -> int:
         "passes": args.passes,
         "runs_per_pass": args.runs,
         "cpu_flags": cpu_flags(),
+        "amx_permission_after_setup": amx_permitted(),
         "stages": rows,
     }
     if args.json:
@@ -111,6 +130,9 @@ def main() -> int:
             f"| {r['stage']} | {r['file']} | {r['macs'] or '?'} | {r['median_us']:.1f} | "
             f"{r['min_us']:.1f}-{r['max_us']:.1f} | {r['cpu_us']:.1f} | {r['gmac_per_s']:.0f} |"
         )
+    amx = report["amx_permission_after_setup"]
+    if amx is not None:
+        print(f"\nAMX tile permission held after the interpreters were set up (XNNPACK asks for it): {amx}")
     over = [r for r in rows if r["cpu_us"] > 1.3 * r["median_us"] * args.threads]
     if over:
         print("\nwarning: CPU time exceeds wall time x threads: the interpreter used more threads than asked")
