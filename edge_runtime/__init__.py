@@ -13,9 +13,10 @@ See ``devices`` and the README for the device request grammar.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .device_info import Device
 from .devices import Selection, devices, parse_request, probe, select
-from .early_exit import EarlyExitModel, EarlyExitResult, load_bundle
 from .errors import (
     ArgumentError,
     BackendUnavailableError,
@@ -35,6 +36,22 @@ from .model import Model, load_model
 from .result import Classification
 from .runner import Runner
 from .tensors import Quantization, TensorSpec, dequantize, quantize
+
+if TYPE_CHECKING:
+    from .early_exit import EarlyExitModel, EarlyExitResult, load_bundle
+
+#: Imported on first use (PEP 562): the bundle modules are not needed to run a plain model.
+_LAZY = {"EarlyExitModel", "EarlyExitResult", "load_bundle"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import early_exit
+
+        value = getattr(early_exit, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edge_runtime' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

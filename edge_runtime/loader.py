@@ -2,7 +2,8 @@
 
 Loading a file (``model.load_model``) and loading a bundle (``early_exit.load_bundle``)
 meet here and nowhere else, so ``model.py`` never imports ``early_exit.py`` (the bundle
-is built from models, not the other way round).
+is built from models, not the other way round). The bundle modules are imported only when
+a directory is loaded, which keeps ``import edge_runtime`` and a plain model's load light.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .bundle import MANIFEST
 from .device_info import Device
-from .early_exit import load_bundle
 from .errors import ArgumentError
 from .model import check_threads, load_model
 from .runner import Runner
@@ -67,6 +66,11 @@ def load(
         "devices": devices,
         "labels": labels,
     }
-    if Path(path).is_dir() and (Path(path) / MANIFEST).is_file():
-        return load_bundle(path, device, **options)
+    if Path(path).is_dir():
+        from .bundle import MANIFEST  # imported when a directory is loaded: a plain model never needs them
+
+        if (Path(path) / MANIFEST).is_file():
+            from .early_exit import load_bundle
+
+            return load_bundle(path, device, **options)
     return load_model(path, device, **options)
