@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -167,15 +166,24 @@ def test_queue_block_waits_for_the_consumer() -> None:
     assert not q.put(np.zeros((2, 1), np.float32), 0, 1, 0, 0, timeout=0.05), "full: times out"
     slot = q.get(0)
     assert slot is not None
+    started, returned = threading.Event(), threading.Event()
+    result: list[bool] = []
 
-    def release_later() -> None:
-        time.sleep(0.05)
-        q.release(slot)
+    def produce() -> None:
+        started.set()
+        result.append(q.put(np.ones((2, 1), np.float32), 0, 2, 0, 0, timeout=60))  # longer than the test waits
+        returned.set()
 
-    threading.Thread(target=release_later).start()
-    t0 = time.monotonic()
-    assert q.put(np.ones((2, 1), np.float32), 0, 2, 0, 0, timeout=2)
-    assert time.monotonic() - t0 >= 0.04 and q.dropped == 0
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    assert started.wait(10)
+    assert not returned.wait(0.05), "put returned while the consumer held every slot"
+    q.release(slot)
+    assert returned.wait(10), "put still waiting after the consumer released a slot"
+    producer.join(10)
+    assert result == [True] and q.dropped == 0
+    queued = q.get(0)
+    assert queued is not None and queued.seq == 2 and queued.data[0, 0] == 1, "the blocked window, not a lost one"
 
 
 def test_queue_rejects_an_unknown_policy_and_no_slots() -> None:

@@ -80,19 +80,42 @@ def run_expecting_error(source: Any, timeout_s: float = 5) -> BaseException:
 
 
 def run_pair(
-    emu: Emulator, source: SerialSource, collector: Collector, drain_s: float = 0.3, timeout_s: float = 30
+    emu: Emulator,
+    source: SerialSource,
+    on_frame: Callable[[Frame, int], None],
+    until: Callable[[], bool] | None = None,
+    timeout_s: float = 30,
 ) -> None:
+    """``source`` reads what ``emu`` sends until ``until()`` holds, then stops.
+
+    The emulator starts once the reader has opened the port and flushed its input (it
+    counts a connect after the flush), so none of what it sends is flushed away. By
+    default ``until`` is "the decoder has consumed every byte the emulator wrote"; where
+    bytes are lost on the way (an unplug drops what the reader had not read yet), pass
+    a condition on the frames received instead.
+    """
+    decoded = source.decoder.stats
+
+    def consumed_all() -> bool:
+        return decoded.bytes == emu.stats.bytes
+
     stop = threading.Event()
-    reader = threading.Thread(target=source.run, args=(collector, stop), daemon=True)
+    reader = threading.Thread(target=source.run, args=(on_frame, stop), daemon=True)
     reader.start()
-    sender = emu.start()
-    sender.join(timeout_s)
-    assert not sender.is_alive(), "the emulator did not finish"
-    time.sleep(drain_s)
-    stop.set()
-    reader.join(5)
+    try:
+        assert wait_until(lambda: source.stats.connects >= 1, timeout_s), "the reader did not open the port"
+        sender = emu.start()
+        sender.join(timeout_s)
+        assert not sender.is_alive(), "the emulator did not finish"
+        assert wait_until(until or consumed_all, timeout_s), (
+            f"the reader did not get everything: its decoder consumed {decoded.bytes} of the "
+            f"{emu.stats.bytes} bytes sent, {source.stats.frames} frames"
+        )
+    finally:
+        stop.set()
+        reader.join(5)
+        emu.close()
     assert not reader.is_alive(), "the reader did not stop"
-    emu.close()
 
 
 @pytest.fixture
@@ -126,13 +149,12 @@ def test_faults_lose_only_the_damaged_frames(link: Path) -> None:
     assert src.stats.connects == 1 and src.stats.disconnects == 0
 
 
-def test_one_byte_at_a_time_equals_large_writes(tmp_path: Path) -> None:
-    results = []
-    for one_by_one in (False, True):
-        pty = Pty(tmp_path / f"tty{int(one_by_one)}")
+def _received_through_pty(link: Path, one_by_one: bool) -> list[tuple[int, int, int]]:
+    """The frames a reader gets from a recording written to a pty whole, or one byte per write."""
+    with Pty(link) as pty:
 
-        def write(data: bytes, pty: Pty = pty, slow: bool = one_by_one) -> None:
-            if slow:
+        def write(data: bytes) -> None:
+            if one_by_one:
                 for i in range(len(data)):
                     pty.write(data[i : i + 1])
             else:
@@ -144,15 +166,22 @@ def test_one_byte_at_a_time_equals_large_writes(tmp_path: Path) -> None:
         stop = threading.Event()
         reader = threading.Thread(target=src.run, args=(got, stop), daemon=True)
         reader.start()
-        assert pty.wait_for_reader(stop, 5)
-        time.sleep(0.1)  # past the reader's flush on open
-        emu.run()
-        time.sleep(0.3)
-        stop.set()
-        reader.join(5)
-        pty.close()
-        results.append(got.frames)
-    assert results[0] == results[1] and len(results[0]) == 50
+        try:
+            # A connect is counted after the flush on open: from then on, nothing written is lost.
+            assert wait_until(lambda: src.stats.connects == 1), "the reader did not open the port"
+            emu.run()
+            assert wait_until(lambda: src.decoder.stats.bytes == emu.stats.bytes), "the reader did not read it all"
+        finally:
+            stop.set()
+            reader.join(5)
+        assert not reader.is_alive()
+    return got.frames
+
+
+def test_one_byte_at_a_time_equals_large_writes(tmp_path: Path) -> None:
+    whole = _received_through_pty(tmp_path / "tty0", one_by_one=False)
+    byte_by_byte = _received_through_pty(tmp_path / "tty1", one_by_one=True)
+    assert whole == byte_by_byte and len(whole) == 50
 
 
 def test_silent_device_warns_and_does_not_hang(link: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -166,13 +195,19 @@ def test_silent_device_warns_and_does_not_hang(link: Path, caplog: pytest.LogCap
     )
     src = SerialSource(str(link), stale_after_s=0.3)
     got = Collector()
+    warnings_before: list[int] = []  # the source's stale warnings so far, as each frame arrives
+
+    def on_frame(frame: Frame, arrival_ns: int) -> None:
+        warnings_before.append(src.stats.stale_warnings)
+        got(frame, arrival_ns)
+
     with caplog.at_level(logging.WARNING, logger="edge_runtime.stream"):
-        run_pair(emu, src, got)
+        run_pair(emu, src, on_frame)
     assert src.stats.stale_warnings >= 1
     assert "no frame for" in caplog.text
     assert [s for s, _, _ in got.frames] == list(range(60)), "the stream resumes after the silence"
+    assert warnings_before[20] > warnings_before[19], "the reader warned in the pause, between frames 19 and 20"
     gaps = np.diff(got.arrivals) / 1e9
-    assert gaps[19] > 0.6, "the pause is a silence"
     assert np.median(gaps[20:30]) > 0.002, "after it the old pace (3.3 ms a frame), not a catch-up burst"
 
 
@@ -188,7 +223,8 @@ def test_unplug_mid_frame_and_replug(link: Path, caplog: pytest.LogCaptureFixtur
     src = SerialSource(str(link), backoff_s=(0.02, 0.2))
     got = Collector()
     with caplog.at_level(logging.WARNING, logger="edge_runtime.stream"):
-        run_pair(emu, src, got)
+        # The unplug drops the half frame if the reader had not read it yet: wait for the frames, not the bytes.
+        run_pair(emu, src, got, until=lambda: len(got.frames) >= 99)
     assert src.stats.disconnects == 1 and src.stats.connects == 2
     assert "disconnected" in caplog.text and "reconnected" in caplog.text
     # Frame 40 was cut in half by the unplug; every other frame arrives.
@@ -362,48 +398,124 @@ def test_user_error_in_the_callback_is_not_an_io_error(link: Path) -> None:
 
 
 def test_socket_url_is_just_another_address() -> None:
-    """pyserial's socket:// handler, against a real TCP server on loopback."""
+    """pyserial's socket:// handler, against a real TCP server on loopback.
+
+    Frames are handed on as they arrive, not when 64 KiB have: the server sends frame
+    k + 1 only once the reader has handed frame k on, so a reader that waited for more
+    bytes than one frame would stall it.
+    """
     import socket
 
     from edge_runtime.stream.codec import encode_frame, make_frame
 
     server = socket.socket()
+    server.settimeout(10)  # accept() gives up if the reader never connects
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     port = server.getsockname()[1]
 
     frames = [encode_frame(make_frame(recording(100)[i * 10 : (i + 1) * 10], seq=i)) for i in range(10)]
-
-    def serve() -> None:
-        conn, _ = server.accept()
-        time.sleep(0.2)  # after the reader's flush on open
-        conn.sendall(b"\x00")
-        for f in frames:  # one frame every 20 ms
-            conn.sendall(f)
-            time.sleep(0.02)
-        time.sleep(0.3)
-        conn.close()
-
-    threading.Thread(target=serve, daemon=True).start()
     src = open_source(f"socket://127.0.0.1:{port}", reconnect=False)
     got = Collector()
+    delivered = [threading.Event() for _ in frames]  # set as the reader hands on its k-th frame
+    failed: list[str] = []
+
+    def on_frame(frame: Frame, arrival_ns: int) -> None:
+        got(frame, arrival_ns)
+        if len(got.frames) <= len(delivered):
+            delivered[len(got.frames) - 1].set()
+
+    def serve() -> None:
+        try:
+            conn, _ = server.accept()
+        except OSError as exc:
+            failed.append(f"no connection: {exc}")
+            return
+        with conn:
+            # A connect is counted after the reader's flush on open: what is sent from then on stays.
+            if not wait_until(lambda: src.stats.connects == 1):
+                failed.append("the reader did not open the port")
+                return
+            conn.sendall(b"\x00")
+            for k, (wire, done) in enumerate(zip(frames, delivered)):
+                conn.sendall(wire)
+                if not done.wait(10):
+                    failed.append(f"frame {k} was sent whole but not handed on")
+                    return
+
+    server_thread = threading.Thread(target=serve, daemon=True)
+    server_thread.start()
     stop = threading.Event()
-    reader = threading.Thread(target=lambda: _run_quiet(src, got, stop), daemon=True)
+    reader = threading.Thread(target=lambda: _run_quiet(src, on_frame, stop), daemon=True)
     reader.start()
-    deadline = time.monotonic() + 5
-    while len(got.frames) < 10 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    server_thread.join(60)
     stop.set()
     reader.join(5)
     server.close()
-    assert [s for s, _, _ in got.frames] == list(range(10))
-    spacing = np.diff(got.arrivals) / 1e6
-    assert np.median(spacing) > 10, f"frames handed on as they arrive, not in 50 ms batches: {spacing}"
+    assert not server_thread.is_alive() and not failed, failed
+    assert not reader.is_alive()
+    assert [s for s, _, _ in got.frames] == list(range(10)) and got.bad_payload == 0
 
 
-def _run_quiet(src: Any, got: Collector, stop: threading.Event) -> None:
+class _OneFrameAtATimePort:
+    """A port without a file descriptor (as socket:// is) on which one frame's bytes arrive at a time.
+
+    The next frame arrives when the reader asks for bytes while none are waiting. A
+    pyserial port asked for more bytes than are waiting waits for its read timeout before
+    it returns: each read asking for more than ``max(1, in_waiting)`` is recorded.
+    """
+
+    def __init__(self, frames: list[bytes], stop: threading.Event) -> None:
+        self.arriving = [b"\x00", *frames]
+        self.stop = stop
+        self.waiting = b""
+        self.over_asked: list[tuple[int, int]] = []  # (bytes asked, bytes waiting)
+
+    def open(self) -> None:
+        pass
+
+    def reset_input_buffer(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def in_waiting(self) -> int:
+        return len(self.waiting)
+
+    def readinto(self, buf: memoryview) -> int:
+        if len(buf) > max(1, len(self.waiting)):
+            self.over_asked.append((len(buf), len(self.waiting)))
+        if not self.waiting:
+            if not self.arriving:
+                self.stop.set()  # all sent and read: the test is over
+                return 0
+            self.waiting = self.arriving.pop(0)
+        n = min(len(buf), len(self.waiting))
+        buf[:n], self.waiting = self.waiting[:n], self.waiting[n:]
+        return n
+
+
+def test_a_port_without_a_file_descriptor_is_asked_only_for_what_is_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """So each frame is handed on once its bytes are in, not after the read timeout, in batches."""
+    import serial
+
+    from edge_runtime.stream.codec import encode_frame, make_frame
+
+    frames = [encode_frame(make_frame(recording(30)[i * 10 : (i + 1) * 10], seq=i)) for i in range(3)]
+    stop = threading.Event()
+    port = _OneFrameAtATimePort(frames, stop)
+    monkeypatch.setattr(serial, "serial_for_url", lambda url, **options: port)
+    got = Collector()
+    SerialSource("socket://127.0.0.1:9").run(got, stop)
+    assert [s for s, _, _ in got.frames] == [0, 1, 2] and got.bad_payload == 0
+    assert port.over_asked == [], "(asked, waiting): a read asked for more than was waiting"
+
+
+def _run_quiet(src: Any, on_frame: Callable[[Frame, int], None], stop: threading.Event) -> None:
     try:
-        src.run(got, stop)
+        src.run(on_frame, stop)
     except SourceError:
         pass  # the server hung up after sending: expected at the end
 
