@@ -346,7 +346,7 @@ def main() -> int:
             print(f"\ntargets: {decode_target}: {'met' if decode_ok else 'NOT met'}")
         return 0 if decode_ok else 1
 
-    model = er.load(MODEL, "litert:cpu", num_threads=args.threads)
+    model = er.load_model(MODEL, "litert:cpu", threads=args.threads)
     print("allocations ...", file=sys.stderr, flush=True)
     alloc = [allocations(64, args.frames, model), allocations(65536, args.frames, model)]
     print("overhead ...", file=sys.stderr, flush=True)
