@@ -57,7 +57,7 @@ class Calibration:
             "accuracy": round(self.chosen.accuracy, 4),
             "mean_latency_us": round(self.chosen.mean_latency_us, 1),
             "exits": [
-                {"exit": k, "rate": round(r, 4), "accuracy": None if a is None else round(a, 4)}
+                {"exit_index": k, "rate": round(r, 4), "accuracy": None if a is None else round(a, 4)}
                 for k, (r, a) in enumerate(zip(self.chosen.exit_rates, self.chosen.exit_accuracy))
             ],
         }
