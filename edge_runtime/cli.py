@@ -47,10 +47,19 @@ DEVICE_HELP = (
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Exit status of a verb stopped by Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
+#: Exit status of a verb other than run/demo stopped by SIGTERM (128 + SIGTERM).
+EXIT_TERMINATED = 143
+_stopped_by: list[str] = []  # the signal that stopped this command, if one did
 
 
-class Terminated(BaseException):
-    """Raised in the main thread by SIGTERM: long verbs stop like Ctrl-C, print their summary, exit 0."""
+def _interrupted_status() -> int:
+    return EXIT_TERMINATED if _stopped_by == ["SIGTERM"] else EXIT_INTERRUPTED
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM. ``run`` and ``demo`` stop like Ctrl-C, print their
+    summary and exit 0 (a service manager asked them to stop); other verbs stop as on Ctrl-C
+    (``bench`` prints its partial statistics) and exit 143 (128 + SIGTERM)."""
 
 
 class UsageError(ArgumentError):
@@ -104,6 +113,11 @@ def speed_value(text: str) -> float | None:
         return positive_float(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"takes a multiple of real time (> 0) or 'max', got {text!r}") from None
+
+
+def _rate_value(text: str) -> float | str:
+    """argparse type for ``emulate --rate``: Hz (> 0); ``max`` is kept as the older spelling of ``--speed max``."""
+    return "max" if text == "max" else positive_float(text)
 
 
 def _plugins(values: Sequence[str] | None) -> dict[str, str] | None:
@@ -302,7 +316,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             + f"\n\nthroughput: {st.throughput:.1f} inferences/s (one at a time)"
         )
         _emit(args, result, text)
-    return EXIT_INTERRUPTED if st.interrupted else 0
+    return _interrupted_status() if st.interrupted else 0
 
 
 def _preprocess(args: argparse.Namespace, model: Runner) -> Any:
@@ -391,14 +405,18 @@ def _run_stream(
     try:
         for r in results:
             if banner is not None:
+                if getattr(args, "banner", None):
+                    print(args.banner, file=sys.stderr)
                 print(banner, file=sys.stderr, flush=True)
                 banner = None
             kept.append(r)
             print(json.dumps(r.to_dict()) if args.json else _result_line(r), flush=True)
-    except KeyboardInterrupt:  # Ctrl-C ends a live stream: the summary still counts
-        status = EXIT_INTERRUPTED
     except Terminated:  # SIGTERM: a service manager stopping us is a clean end
         status = 0
+        args.stopped_by = "SIGTERM"
+    except KeyboardInterrupt:  # Ctrl-C ends a live stream: the summary still counts
+        status = EXIT_INTERRUPTED
+        args.stopped_by = "SIGINT"
     finally:
         results.close()
     if banner is not None:
@@ -407,9 +425,12 @@ def _run_stream(
 
 
 def _print_summary(args: argparse.Namespace, stats: Any, extra: dict[str, Any]) -> None:
+    stopped = getattr(args, "stopped_by", None)
     if args.json:
-        print(json.dumps({"summary": {**stats.to_dict(), **extra}}), flush=True)
+        keys = {k.replace(" ", "_"): v for k, v in extra.items()}
+        print(json.dumps({"summary": {**stats.to_dict(), **keys, "stopped_by": stopped}}), flush=True)
     else:
+        extra = {**extra, "stopped by": stopped} if stopped else extra
         print("\n" + _summary_text(stats, extra), flush=True)
 
 
@@ -424,8 +445,8 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     from .hil.emulator import Emulator, Faults, load_recording
 
     values, recorded_rate = load_recording(args.recording)
-    rate = args.rate or recorded_rate
-    speed = args.speed
+    speed = None if args.rate == "max" else args.speed  # --rate max: the older spelling of --speed max
+    rate = args.rate if isinstance(args.rate, float) else recorded_rate
     faults = Faults(
         garbage_every=args.garbage_every,
         flip_every=args.flip_every,
@@ -468,10 +489,10 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         stats = emu.run()
         emu.close(linger_s=0.5)
         print(f"sent {stats.frames} frames, {stats.bytes} bytes", file=sys.stderr)
-    except KeyboardInterrupt:
-        status = EXIT_INTERRUPTED
     except Terminated:
         status = 0
+    except KeyboardInterrupt:
+        status = EXIT_INTERRUPTED
     finally:
         emu.close()
         if port is not None:
@@ -507,12 +528,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         emu = Emulator(
             values, rate=recorded_rate, speed=args.speed, frame_samples=args.frame_samples, link=Path(tmp) / "ttyIMU"
         )
-        if not args.json:
+        if not args.json:  # printed with the stream's banner, once the options have been checked
             pty_path = emu.pty.path if emu.pty else ""
-            print(
+            speed = "max speed" if args.speed is None else f"{args.speed:g}x real time"
+            args.banner = (
                 f"emulator: {recording} ({len(values)} samples at {recorded_rate:g} Hz) on pty {pty_path} "
-                f"(linked as {emu.address}), {args.speed:g}x real time",
-                file=sys.stderr,
+                f"(linked as {emu.address}), {speed}"
             )
         stop = threading.Event()
         sent = threading.Event()
@@ -641,7 +662,7 @@ def _bench_data(args: argparse.Namespace, model: Runner) -> int:
     if interrupted:
         text += "\n\n(interrupted: partial statistics)"
     _emit(args, out, text)
-    return EXIT_INTERRUPTED if interrupted else 0
+    return _interrupted_status() if interrupted else 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -649,6 +670,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if not 0 <= args.max_accuracy_drop < 1:
         raise UsageError("--max-accuracy-drop is a fraction in [0, 1), e.g. 0.01")
+    if args.plot:  # checked before anything runs or is written
+        plot_path = Path(args.plot)
+        if plot_path.suffix.lower() not in (".png", ".pdf", ".svg"):
+            raise UsageError("--plot takes a .png, .pdf or .svg file name", path=args.plot)
+        if not plot_path.parent.is_dir():
+            raise UsageError("--plot: no such directory", path=str(plot_path.parent))
     with _load(args, threads=1) as model:  # stage costs on one thread unless --threads says otherwise
         if not isinstance(model, EarlyExitModel):
             raise UsageError("not an early-exit bundle (a directory with bundle.json)", path=str(args.model))
@@ -656,16 +683,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"calibrating on {len(y)} samples of {args.data} (every stage runs on each) ...", file=sys.stderr)
         cal = choose(model, x, y, args.max_accuracy_drop)
-        if not args.dry_run:
-            apply(model, cal, args.data)
         if args.plot:
             try:
                 plot(cal, args.plot)
             except ImportError:
                 print(
-                    "edge-runtime: warning: no plot: install the plot extra (pip install 'edge-runtime[plot]')",
+                    "edge-runtime: warning: no plot: matplotlib is not installed (pip install matplotlib, "
+                    "or the project's plot extra: pip install '.[plot]')",
                     file=sys.stderr,
                 )
+        if not args.dry_run:
+            apply(model, cal, args.data)
         record = cal.to_manifest(args.data)
         rows = [
             [str(k), "always" if t != t else f"{t:.4g}", f"{100 * r:.1f}", "-" if a is None else f"{100 * a:.2f}"]
@@ -698,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     # the verb; on the verbs they default to SUPPRESS so they never undo the main parser's value.
     log_opts = Parser(add_help=False)
     log_opts.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log every device decision (info)"
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="more log lines (info level)"
     )
     log_opts.add_argument(
         "--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help="log level on stderr (default: warning)"
@@ -709,7 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 ok, 1 runtime failure, 2 usage error, 130 interrupted (Ctrl-C).",
     )
     parser.add_argument("--version", action="version", version=f"edge-runtime {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every device decision (info)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log lines (info level)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default=None, help="log level on stderr (default: warning)")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=Parser)
 
@@ -759,6 +787,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("calibrate", "choose early-exit thresholds: least mean latency within an accuracy bound", cmd_calibrate)
     common(p)
+    for action in p._actions:  # calibrate's own meaning of two shared options
+        if action.dest == "model":
+            action.help = "an early-exit bundle directory (with bundle.json); its bundle.json is rewritten"
+        elif action.dest == "threads":
+            action.help = "CPU threads for inference (default 1: stage costs are measured on one core)"
     p.add_argument("--data", required=True, help="held-out calibration data: .npz with arrays x, y")
     p.add_argument(
         "--max-accuracy-drop",
@@ -824,7 +857,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baud", type=positive_int, default=None, help="baud rate for --port")
     p.add_argument("--link", default=None, help="also make this path a symlink to the pty (kept across reconnects)")
     p.add_argument(
-        "--rate", type=positive_float, default=None, help="the recording's sample rate in Hz (default: its timestamps)"
+        "--rate",
+        type=_rate_value,
+        default=None,
+        help="the recording's sample rate in Hz (default: its timestamps; 'max' is the older spelling of --speed max)",
     )
     p.add_argument("--speed", type=speed_value, default=1.0, help="times real time, or 'max' (default 1: as recorded)")
     p.add_argument(
@@ -835,7 +871,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="samples per frame (default 10; --frame is the older spelling)",
     )
-    p.add_argument("--dtype", default="float32", help="sample type on the wire: float32, int16, ... (default float32)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["int8", "uint8", "int16", "uint16", "int32", "float32"],
+        help="sample type on the wire (default float32)",
+    )
     p.add_argument("--loop", action="store_true", help="repeat the recording forever")
     p.add_argument(
         "--garbage-every", type=non_negative_int, default=0, metavar="N", help="a burst of random bytes every N frames"
@@ -860,9 +901,14 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, model=False)
     p.add_argument("--model", default=None, help="model (default: the shipped basicmotions_int8.tflite)")
     p.add_argument("--recording", default=None, help="recording (default: the shipped basicmotions_recording.csv)")
-    p.add_argument("--speed", type=positive_float, default=100.0, help="times real time (default 100)")
+    p.add_argument("--speed", type=speed_value, default=100.0, help="times real time, or 'max' (default 100)")
     p.add_argument(
-        "--frame-samples", "--frame", dest="frame_samples", type=positive_int, default=10, help="samples per frame"
+        "--frame-samples",
+        "--frame",
+        dest="frame_samples",
+        type=positive_int,
+        default=10,
+        help="samples per frame (default 10; --frame is the older spelling)",
     )
     stream_opts(p)
     return parser
@@ -872,12 +918,24 @@ def _configure_logging(args: argparse.Namespace) -> None:
     level = getattr(args, "log_level", None)
     if level is None:
         level = "info" if getattr(args, "verbose", False) else "warning"
-    logging.basicConfig(level=getattr(logging, level.upper()), format="edge-runtime: %(levelname)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LogFormat())
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     if level != "warning":
         logging.getLogger("edge_runtime").setLevel(getattr(logging, level.upper()))
 
 
+class _LogFormat(logging.Formatter):
+    """``edge-runtime: warning: <message>``, like the error lines (the library's own
+    ``edge_runtime:`` prefix, there for other programs' logs, is dropped here)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record).removeprefix("edge_runtime: ")
+        return f"edge-runtime: {record.levelname.lower()}: {text}"
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    _stopped_by[:] = ["SIGTERM"]
     raise Terminated
 
 
@@ -905,12 +963,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeRuntimeError as exc:
         print(f"edge-runtime: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("edge-runtime: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("edge-runtime: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Terminated:
-        print("edge-runtime: terminated", file=sys.stderr)
-        return 0
+    except OSError as exc:  # the environment, not a bug: a folder that is not there, a full disk
+        path = exc.filename2 or exc.filename  # a link's target is the second name
+        where = f" [path={path}]" if path else ""
+        print(f"edge-runtime: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # e.g. `edge-runtime devices | head`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -305,8 +305,11 @@ def _match_openvino(req: DeviceRequest, devices: Sequence[Device]) -> Candidate 
     kind = kinds[0] if meta == "HETERO" else min(kinds, key=lambda k: AUTO_RANK.get(k, 9))
     member_devs = [d for m in present if (d := _find_ov(ov, m)) is not None]
     int8 = any(d.int8 for d in member_devs) if member_devs else None
-    dev = Device(OPENVINO, target, kind, f"{target.split(':')[0]} over {', '.join(present)}", int8)
-    note = f"; not found: {', '.join(missing)} (OpenVINO skips them)" if missing else ""
+    # AUTO/MULTI compile over the members that are there: OpenVINO fails the whole compile when a
+    # listed device's plugin cannot load (a GPU plugin without OpenCL), rather than skipping it.
+    name = f"{meta or target}:{','.join(present)}" if meta in (None, "AUTO", "MULTI") and missing else target
+    dev = Device(OPENVINO, name, kind, f"{name.split(':')[0]} over {', '.join(present)}", int8)
+    note = f"; not found: {', '.join(missing)} (left out)" if missing else ""
     return Candidate(dev, req.text, f"named by request{note}")
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .bundle import Manifest, confidence, read_manifest, softmax, with_thresholds
-from .errors import InputError, ModelClosedError, ModelLoadError
+from .errors import ArgumentError, InputError, ModelClosedError, ModelLoadError
 from .model import Model, load_model
 from .result import Classification, label_for
 from .runner import Fill, Inputs
@@ -269,6 +269,8 @@ class EarlyExitModel:
         return self._classify(fill, deadline_ms, False)
 
     def _classify(self, fill: Fill, deadline_ms: float | None, force_all: bool) -> Classification:
+        if deadline_ms is not None and not (isinstance(deadline_ms, (int, float)) and deadline_ms >= 0):
+            raise ArgumentError(f"deadline_ms must be a number of milliseconds >= 0, got {deadline_ms!r}")
         probs, cut, times, conf = self._run(fill, force_all=force_all, deadline_ms=deadline_ms)
         for k, t in enumerate(times):  # keep the deadline estimates current
             self.stage_cost_us[k] = 0.9 * self.stage_cost_us[k] + 0.1 * t

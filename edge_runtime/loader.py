@@ -8,14 +8,12 @@ a directory is loaded, which keeps ``import edge_runtime`` and a plain model's l
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .device_info import Device
-from .errors import ArgumentError
-from .model import check_threads, load_model
+from .model import load_model, merge_threads
 from .runner import Runner
 
 
@@ -51,12 +49,7 @@ def load(
     ``DeviceUnavailableError`` when no requested device is there, and ``ModelLoadError``
     when every candidate failed to load (each reason listed).
     """
-    if num_threads is not None:
-        if threads is not None and threads != num_threads:
-            raise ArgumentError(f"threads={threads!r} and num_threads={num_threads!r} disagree: pass only threads")
-        warnings.warn("load(num_threads=) is now load(threads=)", DeprecationWarning, stacklevel=2)
-        threads = num_threads
-    check_threads(threads)
+    threads = merge_threads(threads, num_threads)
     options: dict[str, Any] = {
         "threads": threads,
         "performance_hint": performance_hint,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -280,6 +281,17 @@ class Model:
         return f"<Model {self.path.name} {self.backend} {state}>"
 
 
+def merge_threads(threads: int | None, num_threads: int | None) -> int | None:
+    """``threads``, or ``num_threads`` (its older spelling, with a ``DeprecationWarning``); checked."""
+    if num_threads is not None:
+        if threads is not None and threads != num_threads:
+            raise ArgumentError(f"threads={threads!r} and num_threads={num_threads!r} disagree: pass only threads")
+        warnings.warn("num_threads= is now threads=", DeprecationWarning, stacklevel=3)
+        threads = num_threads
+    check_threads(threads)
+    return threads
+
+
 def check_threads(threads: int | None) -> None:
     """Raise ``ArgumentError`` unless ``threads`` is None or a whole number >= 1."""
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
@@ -298,6 +310,7 @@ def load_model(
     devices: Sequence[Device] | None = None,
     labels: Sequence[str] | None = None,
     sidecar: bool = True,
+    num_threads: int | None = None,
 ) -> Model:
     """Load one ``.tflite``, OpenVINO IR ``.xml`` or ``.onnx`` file on the best requested device.
 
@@ -309,7 +322,7 @@ def load_model(
     requests = [parse_request(r) for r in ([device] if isinstance(device, str) else device)]
     if not requests:
         raise DeviceRequestError("empty device request list", path=str(path))
-    check_threads(threads)
+    threads = merge_threads(threads, num_threads)
     source = read_model_file(path)
     where = str(source.path)
     side = read_sidecar(sidecar_path(source.path)) if sidecar and sidecar_path(source.path).is_file() else None

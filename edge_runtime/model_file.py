@@ -54,7 +54,9 @@ def read_model_file(path: str | Path) -> ModelSource:
     p = Path(path)
     where = str(p)
     if p.is_dir():
-        raise ModelFileError("is a directory, not a model file", path=where)
+        raise ModelFileError(
+            "is a directory without bundle.json: not a model file, nor an early-exit bundle", path=where
+        )
     try:
         content = p.read_bytes()
     except FileNotFoundError:

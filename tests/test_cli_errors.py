@@ -95,7 +95,7 @@ ROWS: dict[str, Row] = {
     "demo --speed 0": Row(("demo", "--speed", "0"), USAGE, "argument --speed"),
     # -- runtime failures (1) ------------------------------------------------------------------
     "a .txt file": Row(("info", "{tmp}/notes.txt"), RUNTIME, "unknown model format (suffix '.txt'"),
-    "a directory that is no bundle": Row(("info", "{tmp}/empty_dir"), RUNTIME, "is a directory, not a model file"),
+    "a directory that is no bundle": Row(("info", "{tmp}/empty_dir"), RUNTIME, "is a directory without bundle.json"),
     "a missing model": Row(("info", "{tmp}/absent.tflite"), RUNTIME, "no such file [path={tmp}/absent.tflite]"),
     "8 bytes of a model": Row(("info", "{tmp}/bad.tflite"), RUNTIME, "not a TFLite flatbuffer"),
     "a truncated model": Row(("bench", "{tmp}/truncated.tflite"), RUNTIME, "truncated or corrupt TFLite model"),
@@ -186,7 +186,7 @@ def test_verbose_shows_the_litert_info_line_in_the_log(cli: Cli, where: str) -> 
     args = ("info", str(DIGITS), "-d", "litert:cpu")
     out = cli(*args, "-v") if where == "after the verb" else cli("-v", *args)
     assert out.returncode == 0, out.stderr
-    assert f"edge-runtime: INFO: {XNNPACK} for CPU." in out.stderr.splitlines()
+    assert f"edge-runtime: info: {XNNPACK} for CPU." in out.stderr.splitlines()
 
 
 @needs_litert
@@ -200,14 +200,14 @@ def test_without_verbose_the_litert_info_line_is_hidden(cli: Cli) -> None:
 def test_log_level_after_the_verb(cli: Cli) -> None:
     fallback = ("info", str(DIGITS), "-d", "litert:delegate=/nonexistent/libnpu.so", "-d", "litert:cpu")
     out = cli(*fallback)  # default: warnings
-    assert out.returncode == 0 and "WARNING" in out.stderr and "fell back to litert:cpu" in out.stderr, out.stderr
+    assert out.returncode == 0 and "edge-runtime: warning: " in out.stderr and "fell back to litert:cpu" in out.stderr, out.stderr
     out = cli(*fallback, "--log-level", "error")
     assert out.returncode == 0 and out.stderr == "", out.stderr
     out = cli(*fallback, "--log-level", "debug")
     assert out.returncode == 0, out.stderr
-    assert "WARNING" in out.stderr and XNNPACK in out.stderr, "debug shows warnings and info too"
+    assert "edge-runtime: warning: " in out.stderr and XNNPACK in out.stderr, "debug shows warnings and info too"
     out = cli("--log-level", "error", *fallback, "--log-level", "warning")
-    assert out.returncode == 0 and "WARNING" in out.stderr, "after the verb wins"
+    assert out.returncode == 0 and "edge-runtime: warning: " in out.stderr, "after the verb wins"
 
 
 # -- Ctrl-C and SIGTERM ----------------------------------------------------------------------------

@@ -186,8 +186,9 @@ def test_named_requests(
 def test_openvino_virtual_devices() -> None:
     sel = select("openvino:AUTO:NPU,CPU", [CPU_LITERT, CPU_OV], "tflite")
     (cand,) = sel.candidates
-    assert cand.device.name == "AUTO:NPU,CPU" and cand.device.kind == "cpu"
-    assert "not found: NPU (OpenVINO skips them)" in cand.why
+    # OpenVINO fails a whole AUTO compile when a listed plugin cannot load: compile over what is there.
+    assert cand.device.name == "AUTO:CPU" and cand.device.kind == "cpu"
+    assert "not found: NPU (left out)" in cand.why
 
     sel = select("openvino:AUTO:NPU,CPU", X86_NPU_BOX, "tflite")
     assert sel.candidates[0].device.kind == "npu"

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, MLPERF_MODELS, SHIPPED, backend_available, random_input, sidecar
+from conftest import BACKENDS, MLPERF_MODELS, MODELS, SHIPPED, backend_available, random_input, sidecar
 
 import edge_runtime as er
 
@@ -251,7 +251,7 @@ def test_threads_are_checked_before_loading(tmp_path: Path, bad: Any) -> None:
 
 
 def test_num_threads_is_the_older_spelling(digits_model: Path) -> None:
-    with pytest.warns(DeprecationWarning, match=r"load\(num_threads=\) is now load\(threads=\)"):
+    with pytest.warns(DeprecationWarning, match=r"num_threads= is now threads="):
         er.load(digits_model, "litert:cpu" if backend_available("litert") else "openvino:CPU", num_threads=1).close()
     with pytest.warns(DeprecationWarning), pytest.raises(er.ArgumentError, match="threads must be a whole number"):
         er.load(digits_model, num_threads=0)
@@ -288,3 +288,11 @@ def test_infer_in_place_writes_the_tensor_or_falls_back_to_one_copy(digits_model
         np.testing.assert_array_equal(model.classify_in_place(fill).scores, model.infer(x)[0].reshape(-1))
         assert owned == [False, False, True, True]
         assert model.to_dict()["execution_devices"] == ["CPU" if backend == "openvino" else "litert:cpu"]
+
+
+def test_load_model_and_load_bundle_take_the_older_spelling_too(digits_model: Path) -> None:
+    device = "litert:cpu" if backend_available("litert") else "openvino:CPU"
+    with pytest.warns(DeprecationWarning, match="num_threads= is now threads="):
+        er.load_model(digits_model, device, num_threads=1).close()
+    with pytest.warns(DeprecationWarning, match="num_threads= is now threads="):
+        er.load_bundle(MODELS / "digits_early_exit", device, num_threads=1).close()

@@ -163,7 +163,7 @@ def test_cli_demo_is_the_main_job(cli: Cli) -> None:
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     summary = lines[-1]["summary"]
     assert len(lines) == 41 and summary["results"] == 40 and summary["dropped"] == 0
-    assert summary["accuracy vs recording labels"] == "40/40"
+    assert summary["accuracy_vs_recording_labels"] == "40/40"
     assert summary["source"]["decoder"]["crc_errors"] == 0 and summary["source"]["decoder"]["frames"] == 400
 
 

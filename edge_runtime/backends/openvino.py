@@ -353,7 +353,7 @@ class OpenVINOSession(Session):
         out_q = [_output_quantization(r) if _is_int(r) else None for r in model.get_results()]
         self.op_count = len(model.get_ordered_ops())
         target = device.name
-        if target.split(".")[0] not in ("CPU", "AUTO", "MULTI", "HETERO", "BATCH"):
+        if target.split(":")[0].split(".")[0] not in ("CPU", "AUTO", "MULTI", "HETERO", "BATCH"):
             self._check_ops(c, model, target)
         props: dict[str, Any] = {}
         if num_threads is not None:

@@ -179,6 +179,9 @@ class Stream:
         self.hop = hop if hop is not None else window
         self.preprocess = preprocess or Preprocess()
         self.labels = list(labels) if labels else (list(model.labels) if model.labels else None)
+        classes = int(np.prod(model.outputs[0].shape))
+        if labels and len(self.labels or ()) != classes:
+            raise ArgumentError(f"{len(self.labels or ())} labels for a model with {classes} classes")
         self.stream_id = stream_id
         self.queue_slots = queue_slots
         self.policy = policy

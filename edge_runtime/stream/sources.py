@@ -357,7 +357,8 @@ class SerialSource:
                 )
                 port.open()
                 port.reset_input_buffer()  # flush what piled up while nobody read
-            except ValueError as exc:  # not a port pyserial knows (unknown scheme, bad option): final
+            except (ValueError, KeyError, TypeError) as exc:  # unknown scheme or option (a pyserial handler
+                # can raise KeyError or TypeError on a bad query key): final
                 raise SourceError(f"not a usable serial address: {exc}", device=self.port_url) from exc
             except (serial.SerialException, OSError) as exc:
                 self.stats.open_failures += 1
@@ -519,15 +520,27 @@ class FileSource:
             raise SourceError("recording is empty", path=str(self.path))
 
     def _load(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64] | None]:
+        if self.path.is_dir():
+            raise SourceError("is a directory, not a recording (a .csv or .npy file)", path=str(self.path))
         if not self.path.is_file():
             raise SourceError("recording not found", path=str(self.path))
         if self.path.suffix == ".npy":
-            arr = np.load(self.path)
+            try:
+                arr = np.load(self.path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                raise SourceError(
+                    "not a .npy array of numbers (shape (samples, channels))", path=str(self.path)
+                ) from exc
+            if not isinstance(arr, np.ndarray) or arr.ndim not in (1, 2) or not np.issubdtype(arr.dtype, np.number):
+                raise SourceError("a .npy recording holds numbers of shape (samples, channels)", path=str(self.path))
             arr = arr.reshape(-1, 1) if arr.ndim == 1 else arr
             self.channel_names = [f"ch{i}" for i in range(arr.shape[1])] if arr.ndim == 2 else []
             return np.ascontiguousarray(arr, dtype=np.float32), None
-        with self.path.open(newline="") as fh:
-            rows = list(csv.reader(fh))
+        try:
+            with self.path.open(newline="") as fh:
+                rows = list(csv.reader(fh))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise SourceError(f"not a CSV text recording: {exc}", path=str(self.path)) from exc
         if len(rows) < 2:
             raise SourceError("CSV recording has no data rows", path=str(self.path))
         header = rows[0]
