@@ -200,7 +200,9 @@ def test_without_verbose_the_litert_info_line_is_hidden(cli: Cli) -> None:
 def test_log_level_after_the_verb(cli: Cli) -> None:
     fallback = ("info", str(DIGITS), "-d", "litert:delegate=/nonexistent/libnpu.so", "-d", "litert:cpu")
     out = cli(*fallback)  # default: warnings
-    assert out.returncode == 0 and "edge-runtime: warning: " in out.stderr and "fell back to litert:cpu" in out.stderr, out.stderr
+    assert (
+        out.returncode == 0 and "edge-runtime: warning: " in out.stderr and "fell back to litert:cpu" in out.stderr
+    ), out.stderr
     out = cli(*fallback, "--log-level", "error")
     assert out.returncode == 0 and out.stderr == "", out.stderr
     out = cli(*fallback, "--log-level", "debug")
