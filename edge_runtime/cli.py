@@ -364,6 +364,11 @@ def _stream_source(args: argparse.Namespace, url: str) -> Any:
     from .stream.sources import open_source
 
     options: dict[str, Any] = {}
+    if url.startswith(("file:", "synthetic:")):
+        given = [flag for flag, value in (("--baud", args.baud), ("--wait", getattr(args, "wait", False))) if value]
+        if given:
+            kind = url.split(":", 1)[0]
+            raise UsageError(f"{' and '.join(given)} only applies to serial ports, not to {kind}: sources")
     if args.baud:
         options["baud"] = args.baud
     if getattr(args, "wait", False):

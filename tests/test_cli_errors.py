@@ -256,3 +256,10 @@ def test_sigterm_in_run_prints_the_summary_and_exits_0(cli: Cli) -> None:
     counted = re.search(r"^results +(\d+)$", out.stdout, re.M)
     assert counted is not None, out.stdout[-2000:]
     assert int(counted.group(1)) == len(results) >= 1
+
+
+def test_serial_options_on_a_file_or_synthetic_source_are_usage_errors(cli: Cli) -> None:
+    model = MODELS / "basicmotions_int8.tflite"
+    out = cli("run", model, "--source", "synthetic:sine?channels=6", "--baud", "9600")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "--baud only applies to serial ports, not to synthetic: sources" in out.stderr
