@@ -726,6 +726,41 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``serve --check FILE``: validate a daemon config and say what it declares."""
+    from .daemon.config import load_config
+
+    if not args.check:
+        raise UsageError(
+            "running the daemon is not in this version yet; `edge-runtime serve --check FILE` validates a config"
+        )
+    cfg = load_config(args.check)
+    summary: dict[str, Any] = {
+        "config": str(cfg.path),
+        "state_dir": str(cfg.state_dir),
+        "metrics": cfg.metrics.listen if cfg.metrics.enabled else None,
+        "mqtt": f"{cfg.mqtt.host}:{cfg.mqtt.port}" if cfg.mqtt else None,
+        "pipelines": [
+            {
+                "name": p.name,
+                "source": p.source,
+                "model": str(p.model),
+                "sha256_pinned": p.sha256 is not None,
+                "device": list(p.device),
+                "sinks": [s.kind if s.path is None else f"{s.kind}:{s.path}" for s in p.sinks],
+            }
+            for p in cfg.pipelines
+        ],
+    }
+    lines = [f"{cfg.path}: ok, {len(cfg.pipelines)} pipeline(s)"]
+    for pl in cfg.pipelines:
+        pin = ", sha256 pinned" if pl.sha256 else ""
+        sinks = ", ".join(s.kind if s.path is None else f"{s.kind}:{s.path}" for s in pl.sinks)
+        lines.append(f"  {pl.name}: {pl.source} -> {pl.model}{pin} on {' or '.join(pl.device)} -> {sinks}")
+    _emit(args, summary, "\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Logging options go on the main parser and on every verb, so `-v` works before or after
     # the verb; on the verbs they default to SUPPRESS so they never undo the main parser's value.
@@ -901,6 +936,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--disconnect-s", type=positive_float, default=1.0, help="how long unplugged (default 1 s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault positions")
+
+    p = verb("serve", "the on-device daemon's configuration: --check FILE validates it (TOML)", cmd_serve)
+    p.add_argument(
+        "--check",
+        metavar="FILE",
+        default=None,
+        help="validate this config (every key, value, model file and sha256 pin) and exit; "
+        "a commented example with every key ships as edge_runtime/data/edge-runtime.example.toml",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     p = verb("demo", "emulator on a pty with a real IMU recording -> stream -> shipped int8 model", cmd_demo)
     common(p, model=False)
