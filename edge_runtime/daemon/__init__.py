@@ -1,7 +1,10 @@
-"""The on-device daemon (``edge-runtime serve``): its configuration so far (``config.py``)."""
+"""The on-device daemon (``edge-runtime serve``), built in parts: its configuration
+(``config.py``), systemd's notify protocol (``notify.py``) and the JSON lines sink (``sinks.py``)."""
 
 from __future__ import annotations
 
 from .config import Config, ConfigError, Metrics, Mqtt, Pipeline, Sink, load_config
+from .notify import Notifier
+from .sinks import JsonlSink
 
-__all__ = ["Config", "ConfigError", "Metrics", "Mqtt", "Pipeline", "Sink", "load_config"]
+__all__ = ["Config", "ConfigError", "JsonlSink", "Metrics", "Mqtt", "Notifier", "Pipeline", "Sink", "load_config"]
