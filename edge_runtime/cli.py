@@ -727,13 +727,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """``serve --check FILE``: validate a daemon config and say what it declares."""
+    """``serve --config FILE``: run the pipelines; ``serve --check FILE``: validate and say what it declares."""
     from .daemon.config import load_config
 
-    if not args.check:
-        raise UsageError(
-            "running the daemon is not in this version yet; `edge-runtime serve --check FILE` validates a config"
-        )
+    if bool(args.check) == bool(args.config):
+        raise UsageError("give one of --config FILE (run) or --check FILE (validate only)")
+    if args.config:
+        from .daemon.service import Service
+
+        cfg = load_config(args.config)
+        if getattr(args, "log_level", None) is None and not getattr(args, "verbose", False):
+            logging.getLogger("edge_runtime").setLevel(getattr(logging, cfg.log_level.upper()))
+        service = Service(cfg)
+        service.start()
+        return service.run()
     cfg = load_config(args.check)
     summary: dict[str, Any] = {
         "config": str(cfg.path),
@@ -937,7 +944,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disconnect-s", type=positive_float, default=1.0, help="how long unplugged (default 1 s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault positions")
 
-    p = verb("serve", "the on-device daemon's configuration: --check FILE validates it (TOML)", cmd_serve)
+    p = verb("serve", "run pipelines as a service from a TOML config (--config), or validate one (--check)", cmd_serve)
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="run the pipelines of this config until SIGTERM/SIGINT (systemd Type=notify; SIGHUP reopens "
+        "JSON lines files)",
+    )
     p.add_argument(
         "--check",
         metavar="FILE",

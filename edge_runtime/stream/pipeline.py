@@ -317,9 +317,14 @@ class Stream:
         max_results: int | None = None,
         duration_s: float | None = None,
         stop: threading.Event | None = None,
+        heartbeat: Callable[[], None] | None = None,
     ) -> Generator[StreamResult, None, None]:
         """Start the reader and yield results until the source ends, a limit is reached, ``stop`` is set,
         or the caller stops iterating. Windows still queued when ``stop`` is set are delivered first.
+
+        ``heartbeat()`` is called by this loop at least every 0.1 s while it turns, data or not:
+        proof that inference is not stuck (a silent sensor does not stop it; a hung backend
+        does). The daemon's systemd watchdog is fed from it.
 
         One run at a time: a second ``results()`` while one is being consumed raises
         ``StreamError``, and so does a new run while the previous run's reader thread has
@@ -335,13 +340,17 @@ class Stream:
                 )
             self._active = True
         try:
-            yield from self._results(max_results, duration_s, stop)
+            yield from self._results(max_results, duration_s, stop, heartbeat)
         finally:
             with self._lock:
                 self._active = False
 
     def _results(
-        self, max_results: int | None, duration_s: float | None, stop: threading.Event | None
+        self,
+        max_results: int | None,
+        duration_s: float | None,
+        stop: threading.Event | None,
+        heartbeat: Callable[[], None] | None = None,
     ) -> Generator[StreamResult, None, None]:
         run = self._run = _Run()
         reader = threading.Thread(target=self._reader, args=(run,), name="edge_runtime-reader", daemon=True)
@@ -349,6 +358,8 @@ class Stream:
         reader.start()
         try:
             while run.queue is None and not run.reader_done.is_set():
+                if heartbeat is not None:
+                    heartbeat()
                 run.ready.wait(0.1)
                 if (deadline is not None and time.monotonic() > deadline) or (stop is not None and stop.is_set()):
                     return
@@ -358,6 +369,8 @@ class Stream:
                     return
                 if stop is not None and stop.is_set() and not run.stop.is_set():
                     run.stop.set()  # the reader ends; what is queued is still delivered
+                if heartbeat is not None:
+                    heartbeat()
                 slot = queue.get(timeout=0.1)
                 if slot is None:
                     if run.reader_done.is_set() and not len(queue):

@@ -1,0 +1,158 @@
+"""``edge-runtime serve --config``: the real command, a real notify socket, real files and signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import MODELS, ROOT, Cli
+
+MODEL = MODELS / "basicmotions_int8.tflite"
+
+
+def config(tmp_path: Path, pipelines: str) -> Path:
+    path = tmp_path / "edge-runtime.toml"
+    path.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[metrics]\nenabled = false\n{pipelines}')
+    return path
+
+
+class Systemd:
+    """The notify socket systemd would give the service, and what arrived on it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = str(tmp_path / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages: list[dict[str, str]] = []
+
+    def wait_for(self, key: str, timeout: float = 60) -> dict[str, str]:
+        """The next message holding ``key`` (every message on the way is kept in ``messages``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {key} within {timeout} s; got {self.messages}")
+            self.sock.settimeout(left)
+            data = self.sock.recv(4096).decode()
+            msg = dict(line.split("=", 1) for line in data.split("\n"))
+            self.messages.append(msg)
+            if key in msg:
+                return msg
+
+
+def start(cfg: Path, systemd: Systemd, watchdog_usec: int = 400_000) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": str(watchdog_usec)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_runtime", "serve", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_until_lines(path: Path, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(lines(path)) < n:
+        assert time.monotonic() < deadline, f"{path} has {len(lines(path))} lines, waited for {n}"
+        time.sleep(0.02)
+
+
+def test_ready_watchdog_logrotate_and_a_clean_stop_with_nothing_lost(tmp_path: Path) -> None:
+    out = tmp_path / "out" / "imu.jsonl"
+    cfg = config(
+        tmp_path,
+        f"""
+[pipelines.imu]
+source = "synthetic:sine?channels=6&rate=4000"
+model = "{MODEL}"
+policy = "block"
+sinks = ["jsonl:{out}"]
+
+[pipelines.quiet]
+# a sensor that is legitimately silent: one frame every 100 s
+source = "synthetic:sine?channels=6&rate=0.1"
+model = "{MODEL}"
+sinks = ["jsonl:{tmp_path / "out" / "quiet.jsonl"}"]
+""",
+    )
+    systemd = Systemd(tmp_path)
+    proc = start(cfg, systemd)
+    try:
+        ready = systemd.wait_for("READY")
+        assert "imu: 0 results" in ready["STATUS"] and "quiet" in ready["STATUS"]
+        for _ in range(3):  # fed while the quiet pipeline has produced nothing: its loop still turns
+            systemd.wait_for("WATCHDOG")
+        wait_until_lines(out, 5)
+        out.rename(tmp_path / "out" / "imu.jsonl.1")  # logrotate moves the file, then sends SIGHUP
+        proc.send_signal(signal.SIGHUP)
+        wait_until_lines(out, 5)
+        proc.send_signal(signal.SIGTERM)
+        assert "STOPPING" in systemd.wait_for("STOPPING")
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        systemd.sock.close()
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err
+    got = lines(tmp_path / "out" / "imu.jsonl.1") + lines(out)
+    assert [r["window_index"] for r in got] == list(range(len(got))), "block policy: no window lost or repeated"
+    assert {r["pipeline"] for r in got} == {"imu"} and lines(tmp_path / "out" / "quiet.jsonl") == []
+
+
+def test_the_service_ends_when_every_source_has_ended(tmp_path: Path) -> None:
+    """A finite source (a recording, a count) ends its pipeline; with none left, the service exits 0."""
+    cfg = config(
+        tmp_path,
+        f"""
+[pipelines.once]
+source = "synthetic:sine?channels=6&count=30&speed=max"
+model = "{MODEL}"
+policy = "block"
+sinks = ["jsonl:{tmp_path / "once.jsonl"}"]
+""",
+    )
+    systemd = Systemd(tmp_path)
+    proc = start(cfg, systemd)
+    try:
+        systemd.wait_for("READY")
+        _, err = proc.communicate(timeout=60)  # the only source ends: the service ends by itself
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        systemd.sock.close()
+    assert proc.returncode == 0, err[-2000:]
+    assert len(lines(tmp_path / "once.jsonl")) == 3  # 30 frames x 10 samples, windows of 100
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('sinks = ["mqtt"]\n[mqtt]\nhost = "127.0.0.1"\n', "pipelines.imu.sinks: the mqtt sink is not in this version"),
+        ("window = 0\n", "pipelines.imu.window: must be a whole number >= 1, got 0"),
+    ],
+)
+def test_a_config_it_cannot_serve_is_one_line(tmp_path: Path, cli: Cli, extra: str, message: str) -> None:
+    cfg = config(tmp_path, f'[pipelines.imu]\nsource = "synthetic:sine?channels=6"\nmodel = "{MODEL}"\n{extra}')
+    out = cli("serve", "--config", cfg)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("edge-runtime: error: " + message)
+
+
+def test_serve_needs_config_or_check(cli: Cli) -> None:
+    out = cli("serve")
+    assert out.returncode == 2 and "give one of --config FILE (run) or --check FILE" in out.stderr
