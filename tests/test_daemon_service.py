@@ -17,10 +17,27 @@ from conftest import MODELS, ROOT, Cli
 MODEL = MODELS / "basicmotions_int8.tflite"
 
 
-def config(tmp_path: Path, pipelines: str) -> Path:
+def config(tmp_path: Path, pipelines: str, metrics: str = "enabled = false") -> Path:
     path = tmp_path / "edge-runtime.toml"
-    path.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[metrics]\nenabled = false\n{pipelines}')
+    path.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[metrics]\n{metrics}\n{pipelines}')
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return int(r.status), r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
 
 
 class Systemd:
@@ -156,3 +173,58 @@ def test_a_config_it_cannot_serve_is_one_line(tmp_path: Path, cli: Cli, extra: s
 def test_serve_needs_config_or_check(cli: Cli) -> None:
     out = cli("serve")
     assert out.returncode == 2 and "give one of --config FILE (run) or --check FILE" in out.stderr
+
+
+def test_metrics_and_health_over_http(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = config(
+        tmp_path,
+        f"""
+[pipelines.imu]
+source = "synthetic:sine?channels=6&rate=4000"
+model = "{MODEL}"
+sinks = ["jsonl:{tmp_path / "imu.jsonl"}"]
+""",
+        metrics=f'listen = "127.0.0.1:{port}"',
+    )
+    systemd = Systemd(tmp_path)
+    proc = start(cfg, systemd)
+    try:
+        systemd.wait_for("READY")
+        wait_until_lines(tmp_path / "imu.jsonl", 3)
+        code, body = get(port, "/healthz")
+        health = json.loads(body)
+        assert code == 200 and health["state"] == "ready" and health["pipelines"]["imu"]["device"] == "litert:cpu"
+        code, text = get(port, "/metrics")
+        assert code == 200
+        assert 'edge_runtime_inference_seconds_bucket{exit_index="0",le="0.001",pipeline="imu"}' in text
+        assert 'edge_runtime_results_total{exit_index="0",pipeline="imu"}' in text
+        assert 'edge_runtime_device_info{device="litert:cpu",pipeline="imu"} 1.0' in text
+        assert "process_resident_memory_bytes" in text
+        frames = [ln for ln in text.splitlines() if ln.startswith('edge_runtime_frames{pipeline="imu"}')]
+        assert frames and float(frames[0].split()[-1]) > 0
+        assert get(port, "/nope")[0] == 404
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        systemd.sock.close()
+    assert proc.returncode == 0, err[-2000:]
+
+
+def test_a_metrics_port_already_taken_is_one_line(tmp_path: Path, cli: Cli) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        cfg = config(
+            tmp_path,
+            f'[pipelines.imu]\nsource = "synthetic:sine?channels=6"\nmodel = "{MODEL}"\n',
+            metrics=f'listen = "127.0.0.1:{port}"',
+        )
+        out = cli("serve", "--config", cfg)
+    assert out.returncode == 1, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"edge-runtime: error: cannot serve metrics on 127.0.0.1:{port}: Address already in use")

@@ -1,5 +1,6 @@
 """The on-device daemon (``edge-runtime serve``), built in parts: its configuration
-(``config.py``), systemd's notify protocol (``notify.py``) and the JSON lines sink (``sinks.py``)."""
+(``config.py``), the service (``service.py``), systemd's notify protocol (``notify.py``), the
+JSON lines sink (``sinks.py``) and ``/metrics`` + ``/healthz`` (``metrics.py``)."""
 
 from __future__ import annotations
 

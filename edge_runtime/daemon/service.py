@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import EdgeRuntimeError
 from .config import Config, ConfigError, Pipeline
+from .metrics import HttpEndpoint, Metrics
 from .notify import Notifier
 from .sinks import JsonlSink
 
@@ -64,6 +65,9 @@ class Service:
         self.stop = threading.Event()
         self.workers: list[_Worker] = []
         self._sinks: dict[str, JsonlSink] = {}
+        self.metrics: Metrics | None = Metrics() if config.metrics.enabled else None
+        self.http: HttpEndpoint | None = None
+        self._stuck_after = STUCK_AFTER_S
 
     # -- start ---------------------------------------------------------------------
     def start(self) -> None:
@@ -71,6 +75,11 @@ class Service:
         try:
             for spec in self.config.pipelines:
                 self.workers.append(self._worker(spec))
+            if self.metrics is not None:
+                for w in self.workers:
+                    self.metrics.pipeline(w.spec.name, w.runner.device, len(w.runner.attempts))
+                self.http = HttpEndpoint(self.config.metrics.listen, self.metrics, self.health, self._refresh)
+                log.info("edge_runtime: metrics and health on http://%s/metrics, /healthz", self.http.address)
         except BaseException:
             self.close()
             raise
@@ -149,6 +158,8 @@ class Service:
                 record = {"pipeline": w.spec.name, **r.to_dict()}
                 for sink in w.sinks:
                     sink.write(record)
+                if self.metrics is not None:
+                    self.metrics.observe(w.spec.name, r.exit_index, r.invoke_us)
                 w.results += 1
                 w.last_beat = time.monotonic()
         except BaseException as exc:  # noqa: BLE001 - reported by the main loop, which decides
@@ -168,7 +179,7 @@ class Service:
                 w.thread.start()
             n.ready(self._status())
             period = min(1.0, n.watchdog_s / 2) if n.watchdog_s else 1.0
-            stuck_after = min(STUCK_AFTER_S, n.watchdog_s / 2) if n.watchdog_s else STUCK_AFTER_S
+            stuck_after = self._stuck_after = min(STUCK_AFTER_S, n.watchdog_s / 2) if n.watchdog_s else STUCK_AFTER_S
             last_status = time.monotonic()
             while not self.stop.wait(period):
                 now = time.monotonic()
@@ -197,6 +208,41 @@ class Service:
             reason = err.reason if isinstance(err, EdgeRuntimeError) else f"{type(err).__name__}: {err}"
             log.error("edge_runtime: pipeline %s failed: %s", w.spec.name, reason)
         return 1 if failed else 0
+
+    def _pipeline_state(self, w: _Worker, now: float) -> tuple[str, str]:
+        if w.error is not None:
+            err = w.error
+            return "failed", err.reason if isinstance(err, EdgeRuntimeError) else f"{type(err).__name__}: {err}"
+        if w.done:
+            return "ended", "its source ended"
+        if now - w.last_beat > self._stuck_after:
+            return "stuck", f"no progress for {now - w.last_beat:.1f} s"
+        return "running", ""
+
+    def health(self) -> dict[str, Any]:
+        """ready (every pipeline running), failed (none running), else degraded; and why."""
+        now = time.monotonic()
+        states = {w.spec.name: self._pipeline_state(w, now) for w in self.workers}
+        running = [n for n, (s, _) in states.items() if s == "running"]
+        state = "ready" if len(running) == len(states) else ("failed" if not running else "degraded")
+        return {
+            "state": state,
+            "why": [f"{n}: {s}: {why}" for n, (s, why) in states.items() if s != "running"],
+            "pipelines": {
+                w.spec.name: {"state": states[w.spec.name][0], "device": w.runner.device, "results": w.results}
+                for w in self.workers
+            },
+        }
+
+    def _refresh(self) -> None:
+        """Copy the streams' live counters into the metrics (at scrape time)."""
+        if self.metrics is None:
+            return
+        for w in self.workers:
+            st = w.stream.source.stats
+            dec = st.decoder
+            bad = dec.crc_errors + dec.malformed + dec.oversize if dec is not None else 0
+            self.metrics.counters(w.spec.name, st.frames, w.stream.stats.dropped, bad)
 
     def _status(self) -> str:
         parts = [
@@ -229,7 +275,9 @@ class Service:
             signal.signal(sig, handler)
 
     def close(self) -> None:
-        """Release runners, sinks and the notify socket. Safe to call twice."""
+        """Release the HTTP endpoint, runners, sinks and the notify socket. Safe to call twice."""
+        if self.http is not None:
+            self.http.close()
         for w in self.workers:
             w.runner.close()
         for sink in self._sinks.values():

@@ -1,0 +1,129 @@
+"""``/metrics`` (Prometheus text, ``prometheus_client``) and ``/healthz`` (JSON) over HTTP.
+
+One registry per service (not the library's global one, so two services in one process, as
+in tests, do not collide). Inference latency is a histogram per pipeline and exit index;
+results per exit, frames, drops and bad frames are counters or gauges read from the
+streams' own counters when scraped; the device each pipeline runs on is an info-style
+gauge; process resident memory comes from ``prometheus_client``'s process collector.
+``/healthz`` answers ``{"state": "ready" | "degraded" | "failed", "why": [...], "pipelines": {...}}``
+with HTTP 200 for ready, 503 otherwise. The server binds loopback by default; a port that is
+taken is an ``EdgeRuntimeError`` naming the address.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ..errors import EdgeRuntimeError
+
+#: Latency buckets in seconds: 50 us .. 1 s (inference on a board spans that range).
+BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0)
+
+
+class Metrics:
+    """The service's metrics. ``observe`` is called per result; ``update`` when scraped."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client.process_collector import ProcessCollector
+
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes and friends
+        r = self.registry
+        self.latency = Histogram(
+            "edge_runtime_inference_seconds",
+            "Preprocessing + inference time per window",
+            ["pipeline", "exit_index"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.results = Counter("edge_runtime_results", "Results per exit index", ["pipeline", "exit_index"], registry=r)
+        self.frames = Gauge(
+            "edge_runtime_frames", "Frames received (this run of the pipeline)", ["pipeline"], registry=r
+        )
+        self.dropped = Gauge(
+            "edge_runtime_windows_dropped", "Windows dropped by a full queue", ["pipeline"], registry=r
+        )
+        self.bad = Gauge(
+            "edge_runtime_frames_bad", "Frames refused (CRC, malformed, oversize)", ["pipeline"], registry=r
+        )
+        self.device = Gauge(
+            "edge_runtime_device_info", "The device a pipeline runs on (value 1)", ["pipeline", "device"], registry=r
+        )
+        self.fallbacks = Gauge(
+            "edge_runtime_device_fallbacks", "Devices passed over or failed at load", ["pipeline"], registry=r
+        )
+
+    def observe(self, pipeline: str, exit_index: int, invoke_us: float) -> None:
+        self.latency.labels(pipeline, str(exit_index)).observe(invoke_us / 1e6)
+        self.results.labels(pipeline, str(exit_index)).inc()
+
+    def pipeline(self, name: str, device: str, attempts: int) -> None:
+        self.device.labels(name, device).set(1)
+        self.fallbacks.labels(name).set(attempts)
+
+    def counters(self, name: str, frames: int, dropped: int, bad: int) -> None:
+        self.frames.labels(name).set(frames)
+        self.dropped.labels(name).set(dropped)
+        self.bad.labels(name).set(bad)
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return bytes(generate_latest(self.registry))
+
+
+class HttpEndpoint:
+    """A small HTTP server on its own thread: ``/metrics`` and ``/healthz``. ``close()`` stops it."""
+
+    def __init__(
+        self, listen: str, metrics: Metrics, health: Callable[[], dict[str, Any]], refresh: Callable[[], None]
+    ):
+        host, _, port = listen.rpartition(":")
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/metrics":
+                    refresh()
+                    self._send(200, outer.metrics.text(), "text/plain; version=0.0.4; charset=utf-8")
+                elif self.path == "/healthz":
+                    state = health()
+                    code = 200 if state["state"] == "ready" else 503
+                    self._send(code, json.dumps(state).encode(), "application/json")
+                else:
+                    self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
+
+            def _send(self, code: int, body: bytes, kind: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.metrics = metrics
+        try:
+            self.server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+        except OSError as exc:
+            raise EdgeRuntimeError(
+                f"cannot serve metrics on {listen}: {exc.strerror or exc} (metrics.listen in the config)"
+            ) from exc
+        self.server.daemon_threads = True
+        bound_host, bound_port = self.server.server_address[:2]
+        self.address = f"{bound_host!s}:{bound_port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="edge_runtime-http", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving and release the port. Safe to call twice."""
+        if self._thread.is_alive():
+            self.server.shutdown()
+            self._thread.join(10)
+        self.server.server_close()
