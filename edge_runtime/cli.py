@@ -319,18 +319,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return _interrupted_status() if st.interrupted else 0
 
 
-def _preprocess(args: argparse.Namespace, model: Runner) -> Any:
-    """The stream preprocessing: --preprocess FILE, 'none', or 'auto' (the model's sidecar)."""
-    from .stream.preprocess import Preprocess
-
-    if args.preprocess == "none":
-        return Preprocess()
-    if args.preprocess != "auto":
-        return Preprocess.from_sidecar(args.preprocess)
-    side = model.sidecar if isinstance(model, Model) else None
-    return Preprocess(offset=side.offset, scale=side.scale) if side is not None else Preprocess()
-
-
 def _result_line(r: Any) -> str:
     exit_text = f"  exit {r.exit_index}" if r.exit_index else ""
     return (
@@ -361,10 +349,10 @@ def _summary_text(stats: Any, extra: dict[str, Any]) -> str:
 
 
 def _stream_source(args: argparse.Namespace, url: str) -> Any:
-    from .stream.sources import open_source
+    from .stream.sources import is_serial, open_source
 
     options: dict[str, Any] = {}
-    if url.startswith(("file:", "synthetic:")):
+    if not is_serial(url):
         given = [flag for flag, value in (("--baud", args.baud), ("--wait", getattr(args, "wait", False))) if value]
         if given:
             kind = url.split(":", 1)[0]
@@ -381,11 +369,13 @@ def _run_stream(
 ) -> tuple[Any, list[Any], int]:
     """Stream ``url`` through ``model``, printing each result; (stats, results, exit status)."""
     from .stream.pipeline import Stream
+    from .stream.preprocess import Preprocess
+    from .stream.sources import is_serial
 
-    pre = _preprocess(args, model)
+    pre = Preprocess.choose(args.preprocess, model)
     source = _stream_source(args, url)
     # A replay or a generator is finite and can wait for inference; a live sensor cannot.
-    policy = args.policy or ("block" if url.startswith(("file:", "synthetic:")) else "drop-oldest")
+    policy = args.policy or ("drop-oldest" if is_serial(url) else "block")
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     stream = Stream(
         model,
@@ -849,6 +839,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="PNG", help="also draw the trade-off curve (needs matplotlib)")
     p.add_argument("--dry-run", action="store_true", help="print the choice, leave bundle.json unchanged")
 
+    def frame_samples_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--frame-samples",
+            "--frame",
+            dest="frame_samples",
+            type=positive_int,
+            default=10,
+            help="samples per frame (default 10; --frame is the older spelling)",
+        )
+
     def stream_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--window", type=positive_int, default=None, help="samples per window (default: the input's time axis)"
@@ -910,14 +910,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the recording's sample rate in Hz (default: its timestamps; 'max' is the older spelling of --speed max)",
     )
     p.add_argument("--speed", type=speed_value, default=1.0, help="times real time, or 'max' (default 1: as recorded)")
-    p.add_argument(
-        "--frame-samples",
-        "--frame",
-        dest="frame_samples",
-        type=positive_int,
-        default=10,
-        help="samples per frame (default 10; --frame is the older spelling)",
-    )
+    frame_samples_opt(p)
     p.add_argument(
         "--dtype",
         default="float32",
@@ -966,14 +959,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model (default: the shipped basicmotions_int8.tflite)")
     p.add_argument("--recording", default=None, help="recording (default: the shipped basicmotions_recording.csv)")
     p.add_argument("--speed", type=speed_value, default=100.0, help="times real time, or 'max' (default 100)")
-    p.add_argument(
-        "--frame-samples",
-        "--frame",
-        dest="frame_samples",
-        type=positive_int,
-        default=10,
-        help="samples per frame (default 10; --frame is the older spelling)",
-    )
+    frame_samples_opt(p)
     stream_opts(p)
     return parser
 

@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,9 +66,12 @@ class Systemd:
                 return msg
 
 
-def start(cfg: Path, systemd: Systemd, watchdog_usec: int = 400_000) -> subprocess.Popen[str]:
+@contextmanager
+def serving(cfg: Path, systemd: Systemd, watchdog_usec: int = 400_000) -> Iterator[subprocess.Popen[str]]:
+    """``edge-runtime serve --config cfg`` under the fake systemd; killed (if still running) and the
+    notify socket closed when the block ends."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": str(watchdog_usec)}
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "edge_runtime", "serve", "--config", str(cfg)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -74,6 +79,13 @@ def start(cfg: Path, systemd: Systemd, watchdog_usec: int = 400_000) -> subproce
         cwd=ROOT,
         env=env,
     )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        systemd.sock.close()
 
 
 def lines(path: Path) -> list[dict[str, object]]:
@@ -106,8 +118,7 @@ sinks = ["jsonl:{tmp_path / "out" / "quiet.jsonl"}"]
 """,
     )
     systemd = Systemd(tmp_path)
-    proc = start(cfg, systemd)
-    try:
+    with serving(cfg, systemd) as proc:
         ready = systemd.wait_for("READY")
         assert "imu: 0 results" in ready["STATUS"] and "quiet" in ready["STATUS"]
         for _ in range(3):  # fed while the quiet pipeline has produced nothing: its loop still turns
@@ -119,11 +130,6 @@ sinks = ["jsonl:{tmp_path / "out" / "quiet.jsonl"}"]
         proc.send_signal(signal.SIGTERM)
         assert "STOPPING" in systemd.wait_for("STOPPING")
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        systemd.sock.close()
     assert proc.returncode == 0, err[-2000:]
     assert "Traceback" not in err
     got = lines(tmp_path / "out" / "imu.jsonl.1") + lines(out)
@@ -144,15 +150,9 @@ sinks = ["jsonl:{tmp_path / "once.jsonl"}"]
 """,
     )
     systemd = Systemd(tmp_path)
-    proc = start(cfg, systemd)
-    try:
+    with serving(cfg, systemd) as proc:
         systemd.wait_for("READY")
         _, err = proc.communicate(timeout=60)  # the only source ends: the service ends by itself
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        systemd.sock.close()
     assert proc.returncode == 0, err[-2000:]
     assert len(lines(tmp_path / "once.jsonl")) == 3  # 30 frames x 10 samples, windows of 100
 
@@ -188,8 +188,7 @@ sinks = ["jsonl:{tmp_path / "imu.jsonl"}"]
         metrics=f'listen = "127.0.0.1:{port}"',
     )
     systemd = Systemd(tmp_path)
-    proc = start(cfg, systemd)
-    try:
+    with serving(cfg, systemd) as proc:
         systemd.wait_for("READY")
         wait_until_lines(tmp_path / "imu.jsonl", 3)
         code, body = get(port, "/healthz")
@@ -206,11 +205,6 @@ sinks = ["jsonl:{tmp_path / "imu.jsonl"}"]
         assert get(port, "/nope")[0] == 404
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        systemd.sock.close()
     assert proc.returncode == 0, err[-2000:]
 
 

@@ -328,13 +328,13 @@ def _pipeline(name: str, r: _Reader, base: Path, check_files: bool) -> Pipeline:
 def _check_source(r: _Reader, source: str) -> None:
     """The source URL's form and keys (opens nothing; a recording must exist)."""
     from ..errors import EdgeRuntimeError
-    from ..stream.sources import open_source
+    from ..stream.sources import is_serial, open_source
 
-    if not source.startswith(("file:", "synthetic:")) and "://" not in source and not source.startswith("/"):
+    if is_serial(source) and "://" not in source and not source.startswith("/"):
         raise r.error(
             "source", f"must be a device path (/dev/...), a pyserial URL, file:... or synthetic:..., got {source!r}"
         )
-    if source.startswith(("file:", "synthetic:")):
+    if not is_serial(source):
         try:
             open_source(source)
         except EdgeRuntimeError as exc:

@@ -95,10 +95,9 @@ class Service:
 
         from ..early_exit import EarlyExitModel
         from ..loader import load
-        from ..model import Model
         from ..stream.pipeline import Stream
         from ..stream.preprocess import Preprocess
-        from ..stream.sources import open_source
+        from ..stream.sources import is_serial, open_source
 
         where = f"pipelines.{spec.name}"
         if any(s.kind == "mqtt" for s in spec.sinks):
@@ -116,14 +115,8 @@ class Service:
                     raise ConfigError(f"{where}.thresholds: {spec.model} is not an early-exit bundle")
                 runner.set_thresholds(list(spec.thresholds))
             runner.classify(np.zeros(runner.inputs[0].shape, runner.inputs[0].dtype))  # warm
-            if spec.preprocess == "none":
-                pre = Preprocess()
-            elif spec.preprocess == "auto":
-                side = runner.sidecar if isinstance(runner, Model) else None
-                pre = Preprocess(offset=side.offset, scale=side.scale) if side is not None else Preprocess()
-            else:
-                pre = Preprocess.from_sidecar(spec.preprocess)
-            serial = not spec.source.startswith(("file:", "synthetic:"))
+            pre = Preprocess.choose(spec.preprocess, runner)
+            serial = is_serial(spec.source)
             options: dict[str, Any] = {"wait": True} if serial else {}  # a device not plugged in yet is normal
             if spec.baud and serial:
                 options["baud"] = spec.baud

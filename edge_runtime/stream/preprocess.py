@@ -22,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InputError
+from ..model import Model
+from ..runner import Runner
 from ..sidecar import read_sidecar
 from ..tensors import TensorSpec, unquantized_message
 
@@ -47,6 +49,17 @@ class Preprocess:
         ``ArgumentError`` for a file that is missing, not JSON, or has unknown keys."""
         side = read_sidecar(path)
         return cls(offset=side.offset, scale=side.scale)
+
+    @classmethod
+    def choose(cls, choice: str, runner: Runner) -> Preprocess:
+        """``none``; ``auto`` (the runner's own sidecar, if it is a model that has one); or a
+        sidecar file's path. What ``--preprocess`` and the daemon's ``preprocess`` key mean."""
+        if choice == "none":
+            return cls()
+        if choice != "auto":
+            return cls.from_sidecar(choice)
+        side = runner.sidecar if isinstance(runner, Model) else None
+        return cls(offset=side.offset, scale=side.scale) if side is not None else cls()
 
     @property
     def identity(self) -> bool:

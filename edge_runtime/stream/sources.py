@@ -186,6 +186,16 @@ def _not_a_port(path: str) -> str | None:
     return None
 
 
+#: URL schemes of the sources that are not serial links: recordings and generators.
+REPLAY_SCHEMES = ("file:", "synthetic:")
+
+
+def is_serial(url: str) -> bool:
+    """True for a serial port or pyserial URL; False for ``file:`` and ``synthetic:`` sources
+    (finite or generated: they can wait for inference, and take no serial options)."""
+    return not url.startswith(REPLAY_SCHEMES)
+
+
 def open_source(url: str, *, baud: int | None = None, wait: bool = False, **serial_options: Any) -> Source:
     """The source for ``url``: ``synthetic:KIND?...``, ``file:PATH?...``, or a serial port.
 
@@ -204,7 +214,7 @@ def open_source(url: str, *, baud: int | None = None, wait: bool = False, **seri
     a ``SourceError`` at once: "... is a regular file, not a serial port: did you mean
     file:PATH?".
     """
-    if url.startswith(("synthetic:", "file:")):
+    if not is_serial(url):
         serial_options.pop("baudrate", None)
         if serial_options:
             raise ArgumentError(
