@@ -8,6 +8,7 @@ Set ``EDGE_RUNTIME_TFLITE`` to one of those names to force it.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -158,10 +159,12 @@ def runtime_info() -> dict[str, str]:
     return {"module": rt.module, "distribution": rt.distribution, "version": rt.version}
 
 
-def _library_dirs() -> list[str]:
-    """Where the dynamic loader looks, without running ``ldconfig``: ``LD_LIBRARY_PATH``, the
-    directories listed in ``/etc/ld.so.conf`` (and its ``include``d files), the standard ones."""
-    dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+@functools.lru_cache(maxsize=4)
+def _library_dirs(ld_library_path: str) -> tuple[str, ...]:
+    """Where the dynamic loader looks, without running ``ldconfig``: ``ld_library_path``, the
+    directories listed in ``/etc/ld.so.conf`` (and its ``include``d files), the standard ones.
+    Cached: read once per process (per ``LD_LIBRARY_PATH`` value), not once per library."""
+    dirs = [d for d in ld_library_path.split(":") if d]
     pending = [Path("/etc/ld.so.conf")]
     seen: set[Path] = set()
     while pending:
@@ -181,7 +184,7 @@ def _library_dirs() -> list[str]:
                 pending.extend(sorted(base.parent.glob(base.name)))
             elif line.startswith("/"):
                 dirs.append(line)
-    return [*dirs, *_LIB_DIRS]
+    return (*dirs, *_LIB_DIRS)
 
 
 def find_library(library: str) -> str | None:
@@ -190,7 +193,7 @@ def find_library(library: str) -> str | None:
     ``ldconfig`` and ``gcc``: tens of milliseconds on a load path)."""
     if os.sep in library:
         return library if Path(library).is_file() else None
-    for d in _library_dirs():
+    for d in _library_dirs(os.environ.get("LD_LIBRARY_PATH", "")):
         candidate = Path(d) / library
         if candidate.is_file():
             return str(candidate)

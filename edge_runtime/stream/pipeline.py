@@ -125,9 +125,16 @@ class _Run:
         self.format: tuple[int, np.dtype[Any]] | None = None  # (channels, dtype), set by the first frame
         self.queue: WindowQueue | None = None
         self.pre: Preprocessor | None = None
-        self.slot: Slot | None = None
+        self.slot: Slot | None = None  # the window being inferred, read by ``fill``
         self.error: BaseException | None = None
         self.stats = StreamStats()
+        self.fill = self._fill  # bound once: the per-window path makes no closure
+
+    def _fill(self, dst: npt.NDArray[Any]) -> None:
+        """Preprocess the current slot's window straight into the input tensor ``dst``."""
+        pre, slot = self.pre, self.slot
+        assert pre is not None and slot is not None
+        pre(slot.data, dst)
 
 
 class Stream:
@@ -274,15 +281,9 @@ class Stream:
 
     # -- caller's thread -----------------------------------------------------------
     def _infer(self, run: _Run, slot: Slot) -> StreamResult:
-        pre = run.pre
-        assert pre is not None
-        data = slot.data
-
-        def fill(dst: npt.NDArray[Any]) -> None:
-            pre(data, dst)
-
+        run.slot = slot
         t0 = time.perf_counter_ns()
-        c: Classification = self.model.classify_in_place(fill, deadline_ms=self.deadline_ms)
+        c: Classification = self.model.classify_in_place(run.fill, deadline_ms=self.deadline_ms)
         t1 = time.perf_counter_ns()
         latency = (t1 - slot.arrival_ns) / 1e3
         invoke = (t1 - t0) / 1e3
