@@ -723,13 +723,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if bool(args.check) == bool(args.config):
         raise UsageError("give one of --config FILE (run) or --check FILE (validate only)")
     if args.config:
-        from .daemon.service import Service
+        from .daemon.service import Service, StoppedDuringStart
 
         cfg = load_config(args.config)
         if getattr(args, "log_level", None) is None and not getattr(args, "verbose", False):
             logging.getLogger("edge_runtime").setLevel(getattr(logging, cfg.log_level.upper()))
         service = Service(cfg)
-        service.start()
+        try:
+            service.start()
+        except StoppedDuringStart as stopped:
+            print(f"edge-runtime: stopped by {stopped.signal} while loading the models", file=sys.stderr)
+            return 0 if stopped.signal == "SIGTERM" else EXIT_INTERRUPTED
         return service.run()
     cfg = load_config(args.check)
     summary: dict[str, Any] = {
@@ -942,8 +946,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         metavar="FILE",
         default=None,
-        help="run the pipelines of this config until SIGTERM/SIGINT (systemd Type=notify; SIGHUP reopens "
-        "JSON lines files)",
+        help="run the pipelines of this config until SIGTERM/SIGINT (systemd Type=notify; SIGHUP reloads "
+        "the config and models without losing a result, and reopens JSON lines files)",
     )
     p.add_argument(
         "--check",

@@ -160,7 +160,7 @@ sinks = ["jsonl:{tmp_path / "once.jsonl"}"]
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ('sinks = ["mqtt"]\n[mqtt]\nhost = "127.0.0.1"\n', "pipelines.imu.sinks: the mqtt sink is not in this version"),
+        ('sinks = ["mqtt"]\n', "pipelines.imu.sinks: 'mqtt' needs an [mqtt] table"),
         ("window = 0\n", "pipelines.imu.window: must be a whole number >= 1, got 0"),
     ],
 )

@@ -363,6 +363,11 @@ class OpenVINOSession(Session):
         if cache_dir:
             props["CACHE_DIR"] = str(cache_dir)
         props.update(config or {})
+        if target.split(".")[0] != "CPU":
+            # CPU-plugin-only keys (the daemon turns pinning off for every model it loads) would
+            # make another plugin refuse the whole compile.
+            for key in CPU_ONLY_KEYS:
+                props.pop(key, None)
         try:
             self._compiled = c.compile_model(model, target, props)
         except RuntimeError as exc:
@@ -481,6 +486,11 @@ class OpenVINOSession(Session):
         self._out_views = None
         self._request = None
         self._compiled = None
+
+
+#: Compile options only the CPU plugin takes: left out when compiling for another device.
+#: ``ENABLE_CPU_PINNING`` is process-wide: two models pinned in one process share cores.
+CPU_ONLY_KEYS = ("ENABLE_CPU_PINNING",)
 
 
 def open_session(

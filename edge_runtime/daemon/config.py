@@ -63,6 +63,7 @@ class Pipeline:
     queue_slots: int = 8
     baud: int | None = None
     deadline_ms: float | None = None
+    inference_timeout_s: float = 10.0
     on_device_error: str = "fall-back"
     sinks: tuple[Sink, ...] = (Sink("stdout"),)
 
@@ -135,6 +136,7 @@ _PIPELINE = {
     "queue_slots",
     "baud",
     "deadline_ms",
+    "inference_timeout_s",
     "on_device_error",
     "sinks",
 }
@@ -244,7 +246,7 @@ def _path(base: Path, text: str) -> Path:
 
 def _listen_address(r: _Reader, text: str) -> None:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise r.error("listen", f"must be HOST:PORT (e.g. 127.0.0.1:9464), got {text!r}")
 
 
@@ -320,6 +322,7 @@ def _pipeline(name: str, r: _Reader, base: Path, check_files: bool) -> Pipeline:
         queue_slots=r.whole("queue_slots", 8),
         baud=r.whole("baud"),
         deadline_ms=r.number("deadline_ms"),
+        inference_timeout_s=float(r.number("inference_timeout_s", 10.0)),
         on_device_error=r.choice("on_device_error", ON_DEVICE_ERROR, "fall-back"),
         sinks=_sinks(r, base),
     )

@@ -28,10 +28,12 @@ class Metrics:
     """The service's metrics. ``observe`` is called per result; ``update`` when scraped."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
         from prometheus_client.process_collector import ProcessCollector
 
+        disable_created_metrics()  # no *_created series: they double the text and nobody graphs them
         self.registry = CollectorRegistry()
+        self._devices: dict[str, str] = {}  # pipeline -> the device label now set
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes and friends
         r = self.registry
         self.latency = Histogram(
@@ -55,7 +57,30 @@ class Metrics:
             "edge_runtime_device_info", "The device a pipeline runs on (value 1)", ["pipeline", "device"], registry=r
         )
         self.fallbacks = Gauge(
-            "edge_runtime_device_fallbacks", "Devices passed over or failed at load", ["pipeline"], registry=r
+            "edge_runtime_device_fallbacks",
+            "Devices passed over at load or left at run time",
+            ["pipeline"],
+            registry=r,
+        )
+        self.device_errors = Counter(
+            "edge_runtime_device_errors",
+            "Inferences that raised or hung on a device",
+            ["pipeline", "device"],
+            registry=r,
+        )
+        self.deadline_missed = Counter(
+            "edge_runtime_deadline_missed", "Results that took longer than deadline_ms", ["pipeline"], registry=r
+        )
+        self.queue_depth = Gauge("edge_runtime_queue_depth", "Windows waiting for inference", ["pipeline"], registry=r)
+        self.reloads = Counter("edge_runtime_reloads", "Config reloads (SIGHUP)", ["result"], registry=r)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
+        self.mqtt_connected = Gauge("edge_runtime_mqtt_connected", "1 while connected to the broker", registry=r)
+        self.mqtt_messages = Gauge(
+            "edge_runtime_mqtt_messages",
+            "MQTT results by state: published, acknowledged, buffered (waiting), dropped (buffer full)",
+            ["state"],
+            registry=r,
         )
 
     def observe(self, pipeline: str, exit_index: int, invoke_us: float) -> None:
@@ -63,13 +88,29 @@ class Metrics:
         self.results.labels(pipeline, str(exit_index)).inc()
 
     def pipeline(self, name: str, device: str, attempts: int) -> None:
+        """A pipeline (re)loaded on ``device``, having passed over ``attempts`` devices."""
+        old = self._devices.get(name)
+        if old is not None and old != device:
+            self.device.remove(name, old)
+        self._devices[name] = device
         self.device.labels(name, device).set(1)
         self.fallbacks.labels(name).set(attempts)
 
-    def counters(self, name: str, frames: int, dropped: int, bad: int) -> None:
+    def moved(self, name: str, old: str, new: str, passed_over: int) -> None:
+        """A pipeline left device ``old`` for ``new`` at run time."""
+        self.pipeline(name, new, passed_over)
+
+    def counters(self, name: str, frames: int, dropped: int, bad: int, queue_depth: int = 0) -> None:
         self.frames.labels(name).set(frames)
         self.dropped.labels(name).set(dropped)
         self.bad.labels(name).set(bad)
+        self.queue_depth.labels(name).set(queue_depth)
+
+    def mqtt(self, stats: Any) -> None:
+        """Copy an ``MqttSink``'s counters."""
+        self.mqtt_connected.set(1 if stats.connected else 0)
+        for state in ("published", "acknowledged", "buffered", "dropped"):
+            self.mqtt_messages.labels(state).set(getattr(stats, state))
 
     def text(self) -> bytes:
         from prometheus_client import generate_latest

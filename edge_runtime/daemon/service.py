@@ -1,21 +1,38 @@
-"""``edge-runtime serve --config FILE``: pipelines as a long-running service (first version).
+"""``edge-runtime serve --config FILE``: the pipelines of one config as a long-running service.
 
-Start: the config is checked, every pipeline's runner is loaded and warmed (one inference
-on a zero input), its sinks are opened; then ``READY=1`` goes to systemd (when started by
-it) and each pipeline streams on a thread of its own, writing one JSON line per result to
-its sinks (``stdout``, ``jsonl:PATH``; ``mqtt`` is not in this version).
+Start: every pipeline's runner is loaded on the first device of its list that works and
+warmed (one inference on a zero input), its source opened, its sinks opened; then
+``READY=1`` goes to systemd (when started by it) and each pipeline streams on a thread of
+its own, writing one record per result to its sinks (``stdout``, ``jsonl:PATH``, ``mqtt``).
 
 Watchdog (``WatchdogSec=`` in the unit): ``WATCHDOG=1`` is sent by the main loop only while
-*every* pipeline's inference loop keeps turning: each loop beats at least every 0.1 s, with
-or without data (``Stream.results(heartbeat=...)``), so a sensor that is legitimately silent
-keeps the watchdog fed, while an inference that hangs (a stuck driver) stops its beats and
-systemd restarts the service. A pipeline whose source ended (a finished recording) stops
-beating too and is reported in ``STATUS=`` and the log; the service then exits when every
-pipeline has ended.
+*every* live pipeline's inference loop keeps turning: each loop beats at least every 0.1 s,
+with or without data (``Stream.results(heartbeat=...)``), so a sensor that is legitimately
+silent keeps the watchdog fed, while an inference that hangs (a stuck driver) or a sink
+write that never returns stops the beats. A pipeline whose source ended (a finished
+recording) is reported and no longer counted; the service exits when every one has ended.
+
+Device trouble at run time (``on_device_error``): an inference that raises, or has not
+returned after ``inference_timeout_s``, moves the pipeline to the next request of its
+``device`` list (``fall-back``, the default), reported as ``degraded`` in the log,
+``/healthz`` and the metrics; with ``fail``, or when no device is left, the pipeline fails
+(an error) or stays hung, and a hung pipeline stops the watchdog so systemd restarts the
+service. After an error the same window is run again on the new device (nothing lost);
+after a hang the hung call cannot be taken back: the windows queued behind it are lost
+(counted as ``discarded`` if the call ever returns) and the source is handed to a new
+stream (a recording starts again from its beginning).
 
 Signals: SIGTERM or SIGINT stop the sources; windows already queued are still inferred and
-written; sinks are closed; ``STOPPING=1``; exit 0. SIGHUP reopens the JSON lines files (for
-logrotate); reloading the config on SIGHUP is not in this version.
+written; sinks are flushed and closed; ``STOPPING=1``; exit 0. SIGHUP reloads: the file is
+read and checked again, every pipeline's model is loaded and warmed beside the running one,
+then each running stream takes its new runner between two windows (``Stream.swap``): no
+window is skipped or inferred twice, and the JSON lines files are reopened (logrotate's
+``postrotate``). A pipeline whose source, window, hop, queue or baud changed is restarted
+instead, a new pipeline starts, a removed one stops after its queued windows. If anything
+fails (a bad file, a model that does not load), nothing changes: the old pipelines keep
+serving, and the failure is in the log, ``/healthz`` (degraded) and
+``edge_runtime_reloads_total{result="failed"}``. ``[daemon]`` and ``[metrics]`` are read
+at start only (a change is logged as needing a restart).
 """
 
 from __future__ import annotations
@@ -24,206 +41,463 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
 from ..errors import EdgeRuntimeError
-from .config import Config, ConfigError, Pipeline
+from ..runner import Runner
+from ..stream.pipeline import StreamResult, Swap
+from .config import Config, ConfigError, Pipeline, load_config
 from .metrics import HttpEndpoint, Metrics
 from .notify import Notifier
 from .sinks import JsonlSink
+from .worker import Loader, ResultSink, Worker, load_on_devices, why
 
 log = logging.getLogger("edge_runtime.daemon")
 
-#: A pipeline whose loop has not beaten for this long is stuck (seconds); with a systemd
-#: watchdog the limit is half its interval, whichever is shorter.
+#: A pipeline that has not turned for this long stops the systemd watchdog even when its
+#: ``inference_timeout_s`` is longer (seconds); with a watchdog, half its interval if shorter.
 STUCK_AFTER_S = 10.0
+
+#: Keys of a pipeline whose change restarts it on reload (the stream itself changes).
+_RESTART_KEYS = ("source", "window", "hop", "queue_slots", "policy", "baud")
+
+
+class StoppedDuringStart(KeyboardInterrupt):
+    """SIGTERM or SIGINT arrived while ``start()`` was loading: it released what it had loaded.
+    ``signal`` is the signal's name."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal = signal_name
 
 
 @dataclass
-class _Worker:
-    """One pipeline at run time: its runner, stream, sinks and thread."""
+class _Pending:
+    """A reload's leftovers: closed once every swap of that reload has taken effect."""
 
-    spec: Pipeline
-    runner: Any
-    stream: Any
-    sinks: list[JsonlSink]
-    thread: threading.Thread | None = None
-    last_beat: float = field(default_factory=time.monotonic)
-    results: int = 0
-    error: BaseException | None = None
-    done: bool = False
+    swaps: list[Swap]
+    sinks: list[Any] = field(default_factory=list)
 
 
 class Service:
-    """The pipelines of one config. ``start()`` loads; ``run()`` serves until stopped."""
+    """The pipelines of one config. ``start()`` loads; ``run()`` serves until stopped.
 
-    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+    ``loader``: how models are loaded (default ``edge_runtime.load``; tests pass one that
+    wraps it, to play a device that fails).
+    """
+
+    def __init__(self, config: Config, notifier: Notifier | None = None, *, loader: Loader | None = None) -> None:
+        if loader is None:
+            from ..loader import load
+
+            loader = load
         self.config = config
+        self.loader = loader
         self.notifier = notifier or Notifier.from_environ()
         self.stop = threading.Event()
-        self.workers: list[_Worker] = []
-        self._sinks: dict[str, JsonlSink] = {}
+        self.workers: list[Worker] = []
+        self._abandoned: list[Worker] = []
+        self._sinks: dict[str, Any] = {}
+        self._pending: list[_Pending] = []
+        self._hup = threading.Event()
+        self._lock = threading.Lock()  # workers list and sinks table vs. the HTTP thread
+        self.reloads = {"ok": 0, "failed": 0}
+        self.reload_error = ""  # why the last reload failed ("" after one that worked)
         self.metrics: Metrics | None = Metrics() if config.metrics.enabled else None
         self.http: HttpEndpoint | None = None
         self._stuck_after = STUCK_AFTER_S
+        self._previous_signals: dict[int, Any] = {}
+        self._starting = False
 
     # -- start ---------------------------------------------------------------------
     def start(self) -> None:
-        """Load and warm every pipeline and open its sinks; release everything if one fails."""
+        """Load and warm every pipeline and open its sinks; release everything if one fails.
+
+        SIGHUP during the start is held over: once serving, the file is read again. SIGTERM or
+        SIGINT during the start raise ``StoppedDuringStart`` (once back in Python code: a native
+        compile in progress finishes first), after everything loaded so far is released."""
+        self._starting = True
+        self._install_signals()
         try:
+            self._sinks = self._open_sinks(self.config, {})
             for spec in self.config.pipelines:
-                self.workers.append(self._worker(spec))
+                runner, index = load_on_devices(self.loader, spec, cache_dir=self.config.state_dir / "cache")
+                self._add_worker(spec, runner, index)
             if self.metrics is not None:
                 for w in self.workers:
-                    self.metrics.pipeline(w.spec.name, w.runner.device, len(w.runner.attempts))
+                    self.metrics.pipeline(w.name, w.device, self._passed_over(w))
                 self.http = HttpEndpoint(self.config.metrics.listen, self.metrics, self.health, self._refresh)
                 log.info("edge_runtime: metrics and health on http://%s/metrics, /healthz", self.http.address)
         except BaseException:
             self.close()
             raise
+        finally:
+            self._starting = False
 
-    def _sink(self, key: str, path: Any) -> JsonlSink:
-        sink = self._sinks.get(key)
-        if sink is None:
-            sink = self._sinks[key] = JsonlSink(path)
-        return sink
-
-    def _worker(self, spec: Pipeline) -> _Worker:
-        import numpy as np
-
-        from ..early_exit import EarlyExitModel
-        from ..loader import load
-        from ..stream.pipeline import Stream
-        from ..stream.preprocess import Preprocess
+    def _add_worker(self, spec: Pipeline, runner: Runner, index: int, source: Any = None) -> Worker:
+        """A worker for ``spec`` (it owns ``runner`` from here on); not started."""
         from ..stream.sources import is_serial, open_source
 
-        where = f"pipelines.{spec.name}"
-        if any(s.kind == "mqtt" for s in spec.sinks):
-            raise ConfigError(f"{where}.sinks: the mqtt sink is not in this version yet", path=str(self.config.path))
-        runner = load(
-            spec.model,
-            list(spec.device),
-            threads=spec.threads,
-            cache_dir=self.config.state_dir / "cache",
-            labels=spec.labels,
-        )
         try:
-            if spec.thresholds is not None:
-                if not isinstance(runner, EarlyExitModel):
-                    raise ConfigError(f"{where}.thresholds: {spec.model} is not an early-exit bundle")
-                runner.set_thresholds(list(spec.thresholds))
-            runner.classify(np.zeros(runner.inputs[0].shape, runner.inputs[0].dtype))  # warm
-            pre = Preprocess.choose(spec.preprocess, runner)
-            serial = is_serial(spec.source)
-            options: dict[str, Any] = {"wait": True} if serial else {}  # a device not plugged in yet is normal
-            if spec.baud and serial:
-                options["baud"] = spec.baud
-            source = open_source(spec.source, **options)
-            stream = Stream(
+            if source is None:
+                serial = is_serial(spec.source)
+                options: dict[str, Any] = {"wait": True} if serial else {}  # a device not plugged in yet is normal
+                if spec.baud and serial:
+                    options["baud"] = spec.baud
+                source = open_source(spec.source, **options)
+            w = Worker(
+                spec,
                 runner,
+                index,
                 source,
-                window=spec.window,
-                hop=spec.hop,
-                preprocess=pre,
-                queue_slots=spec.queue_slots,
-                policy=spec.policy,
-                deadline_ms=spec.deadline_ms,
+                self._sinks_for(spec, self._sinks),
+                recover=self._recover,
+                on_result=self._observe if self.metrics is not None else None,
             )
-            sinks = [
-                self._sink("stdout", None) if s.kind == "stdout" else self._sink(str(s.path), s.path)
-                for s in spec.sinks
-            ]
         except BaseException:
             runner.close()
             raise
         log.info("edge_runtime: pipeline %s: %s from %s", spec.name, runner.describe(), spec.source)
-        return _Worker(spec, runner, stream, sinks)
+        with self._lock:
+            self.workers.append(w)
+        return w
+
+    def _open_sinks(self, config: Config, current: Mapping[str, Any]) -> dict[str, Any]:
+        """The sinks ``config`` needs, reusing those of ``current`` that stay the same."""
+        table: dict[str, Any] = {}
+        try:
+            for spec in config.pipelines:
+                for s in spec.sinks:
+                    key = "stdout" if s.kind == "stdout" else ("mqtt" if s.kind == "mqtt" else str(s.path))
+                    if key in table:
+                        continue
+                    if key in current and (key != "mqtt" or self._same_mqtt(config)):
+                        table[key] = current[key]
+                    elif s.kind == "mqtt":
+                        table[key] = self._mqtt_sink(config)
+                    else:
+                        table[key] = JsonlSink(s.path)
+        except BaseException:
+            for key, sink in table.items():
+                if current.get(key) is not sink:
+                    sink.close()
+            raise
+        return table
+
+    def _same_mqtt(self, new: Config) -> bool:
+        old = self.config
+        return old.mqtt == new.mqtt and [p.name for p in old.pipelines] == [p.name for p in new.pipelines]
+
+    @staticmethod
+    def _mqtt_sink(config: Config) -> Any:
+        from .. import __version__
+        from .mqtt import MqttSink
+
+        assert config.mqtt is not None  # load_config refuses an mqtt sink without [mqtt]
+        names = [p.name for p in config.pipelines if any(s.kind == "mqtt" for s in p.sinks)]
+        return MqttSink(config.mqtt, names, version=__version__)
+
+    @staticmethod
+    def _sinks_for(spec: Pipeline, table: Mapping[str, Any]) -> list[ResultSink]:
+        keys = ["stdout" if s.kind == "stdout" else ("mqtt" if s.kind == "mqtt" else str(s.path)) for s in spec.sinks]
+        return [table[k] for k in keys]
+
+    @staticmethod
+    def _passed_over(w: Worker) -> int:
+        return len(w.runner.attempts) + w.fallbacks
 
     # -- run -----------------------------------------------------------------------
-    def _serve(self, w: _Worker) -> None:
-        def beat() -> None:
-            w.last_beat = time.monotonic()
-
-        try:
-            for r in w.stream.results(stop=self.stop, heartbeat=beat):
-                record = {"pipeline": w.spec.name, **r.to_dict()}
-                for sink in w.sinks:
-                    sink.write(record)
-                if self.metrics is not None:
-                    self.metrics.observe(w.spec.name, r.exit_index, r.invoke_us)
-                w.results += 1
-                w.last_beat = time.monotonic()
-        except BaseException as exc:  # noqa: BLE001 - reported by the main loop, which decides
-            w.error = exc
-        finally:
-            w.done = True
-
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (exit status 0) or until every pipeline has ended (0 if
-        they ended cleanly, 1 if one failed). Installs signal handlers when on the main thread."""
-        previous = self._install_signals()
+        they ended cleanly, 1 if one failed)."""
         n = self.notifier
         try:
             for w in self.workers:
-                w.thread = threading.Thread(target=self._serve, args=(w,), name=f"edge_runtime-{w.spec.name}")
-                w.last_beat = time.monotonic()
-                w.thread.start()
+                w.start()
             n.ready(self._status())
             period = min(1.0, n.watchdog_s / 2) if n.watchdog_s else 1.0
-            stuck_after = self._stuck_after = min(STUCK_AFTER_S, n.watchdog_s / 2) if n.watchdog_s else STUCK_AFTER_S
+            self._stuck_after = min(STUCK_AFTER_S, n.watchdog_s / 2) if n.watchdog_s else STUCK_AFTER_S
             last_status = time.monotonic()
-            while not self.stop.wait(period):
-                now = time.monotonic()
-                live = [w for w in self.workers if not w.done]
-                if not live:
+            while not self.stop.wait(period if not self._hup.is_set() else 0):
+                if self._hup.is_set():
+                    self._hup.clear()
+                    self.reload()
+                    n.status(self._status())
+                self._settle()
+                if not self._check():
                     break
-                stuck = [w.spec.name for w in live if now - w.last_beat > stuck_after]
-                if stuck:
-                    log.error("edge_runtime: pipeline(s) %s made no progress for %.1f s", ", ".join(stuck), stuck_after)
-                else:
-                    n.watchdog()
+                now = time.monotonic()
                 if now - last_status >= 10:
                     n.status(self._status())
                     last_status = now
             n.stopping("stopping: finishing queued windows")
             self.stop.set()
             for w in self.workers:
-                if w.thread is not None:
-                    w.thread.join(30)
+                w.halt(30)
         finally:
-            self._restore_signals(previous)
+            self._restore_signals()
             self.close()
         failed = [w for w in self.workers if w.error is not None]
         for w in failed:
-            err = w.error
-            reason = err.reason if isinstance(err, EdgeRuntimeError) else f"{type(err).__name__}: {err}"
-            log.error("edge_runtime: pipeline %s failed: %s", w.spec.name, reason)
+            log.error("edge_runtime: pipeline %s failed: %s", w.name, why(w.error))  # type: ignore[arg-type]
         return 1 if failed else 0
 
-    def _pipeline_state(self, w: _Worker, now: float) -> tuple[str, str]:
-        if w.error is not None:
-            err = w.error
-            return "failed", err.reason if isinstance(err, EdgeRuntimeError) else f"{type(err).__name__}: {err}"
-        if w.done:
-            return "ended", "its source ended"
-        if now - w.last_beat > self._stuck_after:
-            return "stuck", f"no progress for {now - w.last_beat:.1f} s"
-        return "running", ""
-
-    def health(self) -> dict[str, Any]:
-        """ready (every pipeline running), failed (none running), else degraded; and why."""
+    def _check(self) -> bool:
+        """One turn of the main loop's watch: hung pipelines, the watchdog. False once all ended."""
         now = time.monotonic()
-        states = {w.spec.name: self._pipeline_state(w, now) for w in self.workers}
-        running = [n for n, (s, _) in states.items() if s == "running"]
-        state = "ready" if len(running) == len(states) else ("failed" if not running else "degraded")
+        live = [w for w in self.workers if not w.done]
+        if not live:
+            return False
+        healthy = True
+        for w in live:
+            if w.recovering:
+                continue
+            age = now - w.last_beat
+            if not w.writing and age > w.spec.inference_timeout_s and self._fall_back_from_hang(w, age):
+                continue
+            if age > min(self._stuck_after, w.spec.inference_timeout_s):
+                healthy = False
+                if not w.reported_stuck:
+                    w.reported_stuck = True
+                    log.error("edge_runtime: pipeline %s: %s", w.name, w.state(now, 0)[1])
+        if healthy:
+            self.notifier.watchdog()
+        return True
+
+    def _observe(self, w: Worker, r: StreamResult) -> None:
+        m = self.metrics
+        assert m is not None
+        m.observe(w.name, r.exit_index, r.invoke_us)
+        if w.spec.deadline_ms is not None and r.invoke_us > w.spec.deadline_ms * 1e3:
+            m.deadline_missed.labels(w.name).inc()
+
+    # -- device trouble ------------------------------------------------------------
+    def _recover(self, w: Worker, exc: BaseException, runner: Runner) -> Runner | None:
+        """On the pipeline's thread, when its runner raised: the next device, or None (fail)."""
+        log.error("edge_runtime: pipeline %s: inference failed on %s: %s", w.name, runner.device, why(exc))
+        if self.metrics is not None:
+            self.metrics.device_errors.labels(w.name, runner.device).inc()
+        if w.spec.on_device_error == "fail":
+            return None
+        w.recovering = True
+        try:
+            new, index = load_on_devices(
+                self.loader, w.spec, w.device_index + 1, cache_dir=self.config.state_dir / "cache"
+            )
+        except EdgeRuntimeError as err:
+            log.error("edge_runtime: pipeline %s: no device to fall back to: %s", w.name, why(err))
+            return None
+        finally:
+            w.recovering = False
+            w.last_beat = time.monotonic()
+        self._moved(w, runner, new, index, f"inference failed on {runner.device}: {why(exc)}")
+        try:
+            runner.close()
+        except Exception as err:  # noqa: BLE001 - a broken device may fail to let go too
+            log.warning("edge_runtime: pipeline %s: closing %s failed: %s", w.name, runner.device, why(err))
+        return new
+
+    def _moved(self, w: Worker, old: Runner, new: Runner, index: int, reason: str) -> None:
+        w.runner, w.device_index = new, index
+        w.fallbacks += 1
+        w.degraded = f"fell back from {old.device} to {new.device}: {reason}"
+        log.warning("edge_runtime: pipeline %s: %s", w.name, w.degraded)
+        if self.metrics is not None:
+            self.metrics.moved(w.name, old.device, new.device, self._passed_over(w))
+
+    def _fall_back_from_hang(self, w: Worker, age: float) -> bool:
+        """Replace a worker whose inference hangs by one on the next device. True if done."""
+        if w.spec.on_device_error == "fail" or w.device_index + 1 >= len(w.spec.device):
+            return False
+        hung = w.stream.model
+        log.error(
+            "edge_runtime: pipeline %s: inference on %s has not returned for %.1f s: falling back",
+            w.name,
+            hung.device,
+            age,
+        )
+        w.abandoned = True
+        if not w.stream.abandon():
+            w.abandoned = False
+            log.error("edge_runtime: pipeline %s: its reader did not stop: the source cannot be handed over", w.name)
+            return False
+        try:
+            new, index = load_on_devices(
+                self.loader, w.spec, w.device_index + 1, cache_dir=self.config.state_dir / "cache"
+            )
+            with self._lock:
+                self.workers.remove(w)
+            nw = self._add_worker(w.spec, new, index, source=w.source)
+        except EdgeRuntimeError as err:
+            w.error = err
+            log.error("edge_runtime: pipeline %s: no device to fall back to: %s", w.name, why(err))
+            return True
+        nw.fallbacks, nw.results = w.fallbacks, w.results
+        self._moved(nw, hung, new, index, f"inference on {hung.device} hung for {age:.1f} s")
+        self._abandoned.append(w)
+        if self.metrics is not None:
+            self.metrics.device_errors.labels(w.name, hung.device).inc()
+        nw.start()
+        return True
+
+    # -- reload --------------------------------------------------------------------
+    def request_reload(self) -> None:
+        """Ask the main loop to reload (what SIGHUP does)."""
+        self._hup.set()
+
+    def reload(self) -> bool:
+        """Read the config again and apply it without losing or repeating a result (see the module
+        doc). Returns True if the new config serves, False if the old one still does."""
+        t0 = time.monotonic()
+        log.info("edge_runtime: reload: reading %s", self.config.path)
+        for sink in self._sinks.values():
+            if isinstance(sink, JsonlSink):
+                sink.reopen()  # logrotate's postrotate: the files are reopened whatever else happens
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as exc:
+            return self._reload_failed(exc.reason)
+        for section in ("state_dir", "log_level", "metrics"):
+            if getattr(new, section) != getattr(self.config, section):
+                log.warning("edge_runtime: reload: [daemon]/[metrics] %s changed: it takes effect at restart", section)
+        new = replace(
+            new, state_dir=self.config.state_dir, log_level=self.config.log_level, metrics=self.config.metrics
+        )
+        by_name = {w.name: w for w in self.workers}
+        prepared: list[tuple[Pipeline, Runner, int]] = []
+        sinks: dict[str, Any] = {}
+        try:
+            sinks = self._open_sinks(new, self._sinks)
+            for spec in new.pipelines:
+                runner, index = load_on_devices(self.loader, spec, cache_dir=self.config.state_dir / "cache")
+                prepared.append((spec, runner, index))
+        except BaseException as exc:
+            for _, runner, _ in prepared:
+                runner.close()
+            for key, sink in sinks.items():
+                if self._sinks.get(key) is not sink:
+                    sink.close()
+            if not isinstance(exc, Exception):
+                raise
+            return self._reload_failed(why(exc))
+        self._commit(new, prepared, sinks, by_name)
+        self.reloads["ok"] += 1
+        self.reload_error = ""
+        if self.metrics is not None:
+            self.metrics.reloads.labels("ok").inc()
+        log.info("edge_runtime: reload: done in %.0f ms (%s)", (time.monotonic() - t0) * 1e3, self._status())
+        return True
+
+    def _commit(
+        self,
+        new: Config,
+        prepared: list[tuple[Pipeline, Runner, int]],
+        sinks: dict[str, Any],
+        by_name: dict[str, Worker],
+    ) -> None:
+        from ..stream.preprocess import Preprocess
+
+        old_sinks, self._sinks = self._sinks, sinks
+        self.config = new
+        swaps: list[Swap] = []
+        keep = {spec.name for spec, _, _ in prepared}
+        for spec, runner, index in prepared:
+            w = by_name.get(spec.name)
+            same_stream = w is not None and all(getattr(w.spec, k) == getattr(spec, k) for k in _RESTART_KEYS)
+            if w is not None and same_stream and not w.done and not w.abandoned:
+                try:
+                    sw = w.stream.swap(
+                        runner, preprocess=Preprocess.choose(spec.preprocess, runner), deadline_ms=spec.deadline_ms
+                    )
+                except EdgeRuntimeError as exc:
+                    log.info("edge_runtime: reload: pipeline %s restarts: %s", spec.name, why(exc))
+                else:
+                    w.sinks = self._sinks_for(spec, sinks)  # before the swap takes effect: no result is missed
+                    w.spec, w.runner, w.device_index, w.degraded, w.fallbacks = spec, runner, index, "", 0
+                    swaps.append(sw)
+                    if self.metrics is not None:
+                        self.metrics.pipeline(w.name, runner.device, len(runner.attempts))
+                    continue
+            if w is not None:  # restarted: the old one finishes its queue and lets its source go
+                log.info("edge_runtime: reload: pipeline %s restarts (its stream changed)", spec.name)
+                self._retire(w)
+            try:
+                nw = self._add_worker(spec, runner, index)
+            except EdgeRuntimeError as exc:
+                log.error("edge_runtime: reload: pipeline %s could not start: %s", spec.name, why(exc))
+                continue
+            if self.metrics is not None:
+                self.metrics.pipeline(nw.name, nw.device, len(runner.attempts))
+            nw.start()
+        for name, w in by_name.items():
+            if name not in keep:
+                log.info("edge_runtime: reload: pipeline %s removed", name)
+                self._retire(w)
+        unused = [s for key, s in old_sinks.items() if sinks.get(key) is not s]
+        self._pending.append(_Pending(swaps, unused))
+        self._settle()
+
+    def _retire(self, w: Worker) -> None:
+        """Stop a worker for good (its queued windows are still written), release its runner."""
+        w.halt(30)
+        with self._lock:
+            if w in self.workers:
+                self.workers.remove(w)
+        w.close()
+
+    def _settle(self) -> None:
+        """Close the runners and sinks a reload replaced, once their swaps have taken effect."""
+        left = []
+        for p in self._pending:
+            if all(sw.done.is_set() for sw in p.swaps):
+                for sw in p.swaps:
+                    if sw.old is not None:
+                        sw.old.close()
+                for sink in p.sinks:
+                    sink.close()
+            else:
+                left.append(p)
+        self._pending = left
+
+    def _reload_failed(self, reason: str) -> bool:
+        self.reloads["failed"] += 1
+        self.reload_error = reason
+        if self.metrics is not None:
+            self.metrics.reloads.labels("failed").inc()
+        log.error("edge_runtime: reload failed, the running config keeps serving: %s", reason)
+        return False
+
+    # -- health --------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """ready (every pipeline running, nothing wrong), failed (none running), else degraded; and why."""
+        now = time.monotonic()
+        with self._lock:
+            workers = list(self.workers)
+        states = {w.name: w.state(now, min(self._stuck_after, w.spec.inference_timeout_s)) for w in workers}
+        serving = [n for n, (s, _) in states.items() if s in ("running", "degraded")]
+        why_list = [f"{n}: {s}: {reason}" for n, (s, reason) in states.items() if s != "running"]
+        if self.reload_error:
+            why_list.append(f"reload failed (the previous config serves): {self.reload_error}")
+        mqtt = self._sinks.get("mqtt")
+        if mqtt is not None and not mqtt.stats.connected:
+            st = mqtt.stats
+            why_list.append(f"mqtt: not connected to the broker ({st.buffered} results waiting, {st.dropped} dropped)")
+        state = "failed" if not serving else ("ready" if not why_list else "degraded")
         return {
             "state": state,
-            "why": [f"{n}: {s}: {why}" for n, (s, why) in states.items() if s != "running"],
+            "why": why_list,
+            "reloads": dict(self.reloads),
             "pipelines": {
-                w.spec.name: {"state": states[w.spec.name][0], "device": w.runner.device, "results": w.results}
-                for w in self.workers
+                w.name: {
+                    "state": states[w.name][0],
+                    "device": w.device,
+                    "results": w.results,
+                    "queue_depth": w.stream.queue_depth,
+                }
+                for w in workers
             },
         }
 
@@ -231,48 +505,68 @@ class Service:
         """Copy the streams' live counters into the metrics (at scrape time)."""
         if self.metrics is None:
             return
-        for w in self.workers:
+        with self._lock:
+            workers = list(self.workers)
+        for w in workers:
             st = w.stream.source.stats
             dec = st.decoder
             bad = dec.crc_errors + dec.malformed + dec.oversize if dec is not None else 0
-            self.metrics.counters(w.spec.name, st.frames, w.stream.stats.dropped, bad)
+            self.metrics.counters(w.name, st.frames, w.stream.stats.dropped, bad, w.stream.queue_depth)
+        mqtt = self._sinks.get("mqtt")
+        if mqtt is not None:
+            self.metrics.mqtt(mqtt.stats)
 
     def _status(self) -> str:
-        parts = [
-            f"{w.spec.name}: {w.results} results{' (ended)' if w.done else ''} on {w.runner.device}"
-            for w in self.workers
-        ]
+        parts = [f"{w.name}: {w.results} results{' (ended)' if w.done else ''} on {w.device}" for w in self.workers]
+        if self.reload_error:
+            parts.append("last reload failed")
         return "; ".join(parts)
 
-    def _install_signals(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
+    # -- signals -------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread() or self._previous_signals:
+            return
 
         def on_stop(signum: int, frame: FrameType | None) -> None:
-            log.info("edge_runtime: %s: stopping", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            log.info("edge_runtime: %s: stopping", name)
             self.stop.set()
+            if self._starting:
+                self._starting = False  # raised once: the clean-up in start() is not interrupted again
+                raise StoppedDuringStart(name)
 
         def on_hup(signum: int, frame: FrameType | None) -> None:
-            for sink in self._sinks.values():
-                sink.reopen()
-            log.info("edge_runtime: SIGHUP: JSON lines files reopened")
+            self._hup.set()
 
-        previous: dict[int, Any] = {}
         for sig, handler in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop), (signal.SIGHUP, on_hup)):
-            previous[sig] = signal.signal(sig, handler)
-        return previous
+            self._previous_signals[sig] = signal.signal(sig, handler)
 
-    @staticmethod
-    def _restore_signals(previous: dict[int, Any]) -> None:
-        for sig, handler in previous.items():
+    def _restore_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, handler in self._previous_signals.items():
             signal.signal(sig, handler)
+        self._previous_signals = {}
+
+    @property
+    def stopping(self) -> bool:
+        """SIGTERM/SIGINT arrived (during ``start()`` too: the caller then skips ``run()``)."""
+        return self.stop.is_set()
 
     def close(self) -> None:
         """Release the HTTP endpoint, runners, sinks and the notify socket. Safe to call twice."""
         if self.http is not None:
             self.http.close()
+            self.http = None
         for w in self.workers:
-            w.runner.close()
+            w.close()
+        self._settle()
+        for p in self._pending:
+            for sw in p.swaps:
+                (sw.old or sw.model).close()
+        self._pending = []
         for sink in self._sinks.values():
-            sink.close()
+            if hasattr(sink, "close"):
+                sink.close()
         self.notifier.close()
+        self._restore_signals()

@@ -91,8 +91,10 @@ class StreamResult:
 class StreamStats:
     """What a stream did. Latencies in microseconds, over the last 65,536 results.
 
-    ``exits``: results per exit index (one entry for a plain model). ``reader_stuck``: the
-    reader thread did not stop within ``READER_STOP_TIMEOUT_S`` when the run ended.
+    ``exits``: results per exit index (one entry for a plain model). ``device_errors``: runner
+    calls that raised and were handed to ``recover`` (see ``Stream``). ``swaps``: runners put
+    in by ``swap`` or ``recover`` during this run. ``reader_stuck``: the reader thread did not
+    stop within ``READER_STOP_TIMEOUT_S`` when the run ended.
     """
 
     frames: int = 0
@@ -105,6 +107,8 @@ class StreamStats:
     latency_p99_us: float = 0.0
     invoke_p50_us: float = 0.0
     exits: list[int] = field(default_factory=list)
+    device_errors: int = 0
+    swaps: int = 0
     reader_stuck: bool = False
     source: dict[str, Any] = field(default_factory=dict)
 
@@ -137,6 +141,21 @@ class _Run:
         pre(slot.data, dst)
 
 
+#: What ``recover`` gets and returns: the error, the runner that raised; a runner to go on with, or None.
+Recover = Callable[[BaseException, Runner], "Runner | None"]
+
+
+class Swap:
+    """A runner change asked of a running stream (``Stream.swap``). ``done`` is set once the
+    stream has put the new runner in, between two windows; ``old`` is then the runner taken
+    out, which the stream no longer uses and the caller now owns (and closes)."""
+
+    def __init__(self, model: Runner, preprocess: Preprocess, labels: list[str] | None, deadline_ms: float | None):
+        self.model, self.preprocess, self.labels, self.deadline_ms = model, preprocess, labels, deadline_ms
+        self.done = threading.Event()
+        self.old: Runner | None = None
+
+
 class Stream:
     """Run ``runner`` (a model or a bundle) on windows of ``source``.
 
@@ -146,8 +165,14 @@ class Stream:
     every drop is counted. ``labels`` name the output classes (default: the runner's).
     ``stream_id``: take only that stream (default: every stream, each with its own windows).
     ``deadline_ms``: passed to the runner (bundles skip a stage that would not fit).
-    The first frame fixes the sample format (channels, dtype); frames of another format are
-    skipped and counted in ``stats.format_mismatch``. One ``results()`` at a time.
+    ``recover(error, runner)``: called on the inference thread when the runner raises (not for
+    an ``InputError``/``ArgumentError``, which are the caller's mistakes): it returns a runner
+    to go on with (the daemon loads the next device of its list), and the same window is run
+    again on it, so no window is lost; None (or raising) ends the run with the error. The
+    runner that raised is the callback's to close. ``swap()`` changes the runner of a running
+    stream between two windows (a hot reload). The first frame fixes the sample format
+    (channels, dtype); frames of another format are skipped and counted in
+    ``stats.format_mismatch``. One ``results()`` at a time.
     """
 
     def __init__(
@@ -163,6 +188,7 @@ class Stream:
         labels: Sequence[str] | None = None,
         stream_id: int | None = None,
         deadline_ms: float | None = None,
+        recover: Recover | None = None,
     ) -> None:
         spec = model.inputs[0]
         if len(model.inputs) != 1:
@@ -193,6 +219,8 @@ class Stream:
         self.queue_slots = queue_slots
         self.policy = policy
         self.deadline_ms = deadline_ms
+        self.recover = recover
+        self._pending: Swap | None = None
         self._latency = np.zeros(_LATENCY_RING, dtype=np.float64)
         self._invoke = np.zeros(_LATENCY_RING, dtype=np.float64)
         self._lock = threading.Lock()
@@ -210,6 +238,76 @@ class Stream:
     def stats(self) -> StreamStats:
         """The counters of the current (or last) run."""
         return self._run.stats
+
+    @property
+    def queue_depth(self) -> int:
+        """Windows waiting for inference now (0 before the first frame and after a run)."""
+        q = self._run.queue
+        return len(q) if q is not None else 0
+
+    # -- changing the runner -------------------------------------------------------
+    def swap(
+        self,
+        model: Runner,
+        *,
+        preprocess: Preprocess | None = None,
+        labels: Sequence[str] | None = None,
+        deadline_ms: float | None = None,
+    ) -> Swap:
+        """Put ``model`` in place of the current runner, between two windows: every window is run
+        by exactly one runner, none is skipped or run twice. Returns a ``Swap`` whose ``done`` is
+        set once it took effect (at once when no run is going on); ``Swap.old`` is then the
+        caller's to close. ``preprocess``/``labels``/``deadline_ms`` replace the stream's (None:
+        ``Preprocess()``, the new runner's labels, no deadline). The window must fill the new
+        runner's input as it filled the old one's; otherwise ``ArgumentError`` and nothing changes.
+        A swap asked before an earlier one took effect replaces it (the earlier one's runner is
+        then handed back in its ``old``, unused)."""
+        self._check_fits(model, labels)
+        pre = preprocess or Preprocess()
+        sw = Swap(model, pre, list(labels) if labels else (list(model.labels) if model.labels else None), deadline_ms)
+        run = self._run
+        if run.format is not None:  # fail here, on the caller's thread, rather than on the stream's
+            Preprocessor(pre, self.window, run.format[0], model.inputs[0], run.format[1])
+        with self._lock:
+            earlier, self._pending = self._pending, sw
+            if not self._active:
+                self._apply(self._run)
+        if earlier is not None:
+            earlier.old = earlier.model
+            earlier.done.set()
+        return sw
+
+    def _check_fits(self, model: Runner, labels: Sequence[str] | None) -> None:
+        if len(model.inputs) != 1:
+            raise ArgumentError("streams feed single-input models", path=str(model.path))
+        new, old = model.inputs[0].shape, self.model.inputs[0].shape
+        if int(np.prod(new)) != int(np.prod(old)):
+            raise ArgumentError(f"the new runner's input {new} does not take this stream's windows (input {old})")
+        classes = int(np.prod(model.outputs[0].shape))
+        if labels and len(labels) != classes:
+            raise ArgumentError(f"{len(labels)} labels for a model with {classes} classes")
+
+    def _apply(self, run: _Run) -> None:
+        """Put the pending swap in (on the inference thread, or under the lock when no run is on)."""
+        sw, self._pending = self._pending, None
+        if sw is None:
+            return
+        if run.format is not None:
+            run.pre = Preprocessor(sw.preprocess, self.window, run.format[0], sw.model.inputs[0], run.format[1])
+        sw.old, self.model = self.model, sw.model
+        self.preprocess, self.labels, self.deadline_ms = sw.preprocess, sw.labels, sw.deadline_ms
+        run.stats.swaps += 1
+        sw.done.set()
+
+    def abandon(self, timeout: float = READER_STOP_TIMEOUT_S) -> bool:
+        """Give up the current run from another thread (its inference is hung): the reader stops and
+        the queue closes, so the source can be handed to a new stream. Returns whether the
+        reader stopped within ``timeout`` s. The hung call, if it ever returns, ends the run."""
+        run = self._run
+        run.stop.set()
+        if run.queue is not None:
+            run.queue.close()
+        return run.reader_done.wait(timeout)
 
     # -- reader thread -------------------------------------------------------------
     def _on_frame(self, run: _Run, frame: Frame, arrival_ns: int) -> None:
@@ -283,7 +381,12 @@ class Stream:
     def _infer(self, run: _Run, slot: Slot) -> StreamResult:
         run.slot = slot
         t0 = time.perf_counter_ns()
-        c: Classification = self.model.classify_in_place(run.fill, deadline_ms=self.deadline_ms)
+        try:
+            c: Classification = self.model.classify_in_place(run.fill, deadline_ms=self.deadline_ms)
+        except (ArgumentError, InputError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the device's trouble: handed to recover, or raised
+            c = self._recover(run, exc)
         t1 = time.perf_counter_ns()
         latency = (t1 - slot.arrival_ns) / 1e3
         invoke = (t1 - t0) / 1e3
@@ -311,6 +414,26 @@ class Stream:
             c.exit_index,
             c.cut_by_deadline,
         )
+
+    def _recover(self, run: _Run, exc: Exception) -> Classification:
+        """Hand a runner's error to ``recover`` and run the window again on what it returns."""
+        while True:
+            run.stats.device_errors += 1
+            replacement = self.recover(exc, self.model) if self.recover is not None else None
+            if replacement is None:
+                raise exc
+            self._check_fits(replacement, None)
+            with self._lock:
+                sw = Swap(replacement, self.preprocess, self.labels, self.deadline_ms)
+                pending, self._pending = self._pending, sw
+                self._apply(run)
+                self._pending = pending  # a reload asked meanwhile still takes effect after this
+            try:
+                return self.model.classify_in_place(run.fill, deadline_ms=self.deadline_ms)
+            except (ArgumentError, InputError):
+                raise
+            except Exception as again:  # noqa: BLE001 - the next device failed too: recover again
+                exc = again
 
     def results(
         self,
@@ -359,6 +482,9 @@ class Stream:
         reader.start()
         try:
             while run.queue is None and not run.reader_done.is_set():
+                if self._pending is not None:
+                    with self._lock:
+                        self._apply(run)
                 if heartbeat is not None:
                     heartbeat()
                 run.ready.wait(0.1)
@@ -370,6 +496,9 @@ class Stream:
                     return
                 if stop is not None and stop.is_set() and not run.stop.is_set():
                     run.stop.set()  # the reader ends; what is queued is still delivered
+                if self._pending is not None:
+                    with self._lock:
+                        self._apply(run)
                 if heartbeat is not None:
                     heartbeat()
                 slot = queue.get(timeout=0.1)
@@ -399,6 +528,8 @@ class Stream:
                     READER_STOP_TIMEOUT_S,
                 )
             self._finish_stats(run)
+            with self._lock:
+                self._apply(run)  # a swap asked as the run ended still takes effect
         if run.error is not None:
             raise run.error
 

@@ -1,0 +1,223 @@
+"""One pipeline of the daemon at run time: its runner, stream, sinks and thread.
+
+Loading walks the pipeline's device list in order (``load_on_devices``): the index of the
+request that loaded is kept, so a device that fails at run time hands over to the *next*
+request of the list, never back to one that already failed. Every runner the daemon loads
+is warmed (one inference on a zero input) before it serves, and is loaded with OpenVINO's
+CPU pinning off: pinning is process-wide in OpenVINO, so two pinned pipelines share one
+core (measured 0.87-0.95x of one pipeline's throughput, against 1.76-1.87x unpinned).
+
+A ``Worker`` owns its runner (closed by ``close()``), its stream and source; the sinks are
+shared between workers and owned by the service. The worker's thread takes results from
+the stream and writes each, as one record, to every sink of the pipeline; ``sinks`` is
+read once per result, so the service can replace the list between two results.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import (
+    BackendUnavailableError,
+    DeviceRequestError,
+    DeviceUnavailableError,
+    EdgeRuntimeError,
+    InferenceError,
+    ModelLoadError,
+)
+from ..runner import Runner
+from ..stream.pipeline import Stream, StreamResult
+from ..stream.sources import Source
+from .config import Pipeline
+
+log = logging.getLogger("edge_runtime.daemon")
+
+#: What every daemon load passes to OpenVINO (CPU only; other plugins never see it).
+OPENVINO_CONFIG = {"ENABLE_CPU_PINNING": False}
+
+#: ``loader(path, device, **options) -> Runner``: ``edge_runtime.load`` (tests pass their own).
+Loader = Callable[..., Runner]
+
+
+class ResultSink(Protocol):
+    """Where a pipeline's records go (``JsonlSink``, ``MqttSink``)."""
+
+    def write(self, record: dict[str, Any]) -> None: ...
+
+
+def why(exc: BaseException) -> str:
+    """The reason of an error with its path and device, on one line, for a log line or ``/healthz``."""
+    if isinstance(exc, EdgeRuntimeError):
+        return str(exc).splitlines()[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+def load_on_devices(
+    loader: Loader, spec: Pipeline, start: int = 0, *, cache_dir: Path | None = None
+) -> tuple[Runner, int]:
+    """Load and warm ``spec.model`` on the first of ``spec.device[start:]`` that works.
+
+    Returns the runner (the caller owns it) and the index of the request that loaded it.
+    A bad model file (``ModelFileError``) or bad thresholds raise at once; a device that is
+    absent, fails to compile or fails its warm-up inference is passed over, and when none is
+    left a ``ModelLoadError`` lists each request with its reason.
+    """
+    import numpy as np
+
+    from ..early_exit import EarlyExitModel
+
+    where = f"pipelines.{spec.name}"
+    reasons: list[str] = []
+    for i in range(start, len(spec.device)):
+        request = spec.device[i]
+        try:
+            runner = loader(
+                spec.model,
+                request,
+                threads=spec.threads,
+                cache_dir=cache_dir,
+                labels=spec.labels,
+                openvino_config=dict(OPENVINO_CONFIG),
+            )
+        except (DeviceUnavailableError, BackendUnavailableError, ModelLoadError, DeviceRequestError) as exc:
+            reasons.append(f"{request}: {why(exc)}")
+            continue
+        try:
+            if spec.thresholds is not None:
+                if not isinstance(runner, EarlyExitModel):
+                    raise EdgeRuntimeError(f"{where}.thresholds: {spec.model} is not an early-exit bundle")
+                runner.set_thresholds(list(spec.thresholds))
+            spec_in = runner.inputs[0]
+            runner.classify(np.zeros(spec_in.shape, spec_in.dtype))  # warm: the first call pays for allocation
+        except (InferenceError, RuntimeError) as exc:
+            runner.close()
+            reasons.append(f"{request}: warm-up inference failed: {why(exc)}")
+            continue
+        except BaseException:
+            runner.close()
+            raise
+        return runner, i
+    tried = spec.device[start:]
+    if not tried:
+        raise ModelLoadError(f"{where}: no device left to fall back to (device = {list(spec.device)})")
+    raise ModelLoadError(f"{where}: no device could run {spec.model}: " + "; ".join(reasons))
+
+
+class Worker:
+    """One pipeline at run time. Made by the service; ``start()`` runs it on its own thread."""
+
+    def __init__(
+        self,
+        spec: Pipeline,
+        runner: Runner,
+        device_index: int,
+        source: Source,
+        sinks: Sequence[ResultSink],
+        *,
+        recover: Callable[[Worker, BaseException, Runner], Runner | None],
+        on_result: Callable[[Worker, StreamResult], None] | None = None,
+    ) -> None:
+        from ..stream.preprocess import Preprocess
+
+        self.spec = spec
+        self.runner = runner
+        self.device_index = device_index
+        self.source = source
+        self.sinks: Sequence[ResultSink] = list(sinks)
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.last_beat = time.monotonic()
+        self.results = 0
+        self.discarded = 0  # results of a hung inference that returned after the pipeline moved on
+        self.error: BaseException | None = None
+        self.done = False
+        self.abandoned = False  # its inference hung; a new worker took over its source
+        self.recovering = False  # loading the next device after an error (no beats meanwhile)
+        self.writing = False  # inside a sink's write (a stall here is not the device's)
+        self.reported_stuck = False  # its stall is in the log already
+        self.degraded = ""  # why it runs on a later device than its first choice
+        self.fallbacks = 0
+        self._on_result = on_result
+        self.stream = Stream(
+            runner,
+            source,
+            window=spec.window,
+            hop=spec.hop,
+            preprocess=Preprocess.choose(spec.preprocess, runner),
+            queue_slots=spec.queue_slots,
+            policy=spec.policy,
+            deadline_ms=spec.deadline_ms,
+            recover=lambda exc, r: recover(self, exc, r),
+        )
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def device(self) -> str:
+        """The device of the runner now in use."""
+        return self.stream.model.device
+
+    def start(self) -> None:
+        self.last_beat = time.monotonic()
+        self.thread = threading.Thread(target=self._serve, name=f"edge_runtime-{self.name}", daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        self.last_beat = time.monotonic()
+        self.reported_stuck = False
+
+    def _serve(self) -> None:
+        try:
+            for r in self.stream.results(stop=self.stop, heartbeat=self._beat):
+                if self.abandoned:
+                    self.discarded += 1
+                    continue
+                record = {"pipeline": self.name, "device": self.stream.model.device, **r.to_dict()}
+                self.writing = True
+                for sink in self.sinks:
+                    sink.write(record)
+                self.writing = False
+                self.results += 1
+                self.last_beat = time.monotonic()
+                if self._on_result is not None:
+                    self._on_result(self, r)
+        except BaseException as exc:  # noqa: BLE001 - reported by the service's main loop, which decides
+            if not self.abandoned:
+                self.error = exc
+        finally:
+            self.done = True
+
+    def halt(self, timeout: float = 30.0) -> bool:
+        """Stop taking frames, let queued windows finish, wait for the thread. True if it ended."""
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+            return not self.thread.is_alive()
+        return True
+
+    def state(self, now: float, stuck_after: float) -> tuple[str, str]:
+        """(state, why): failed, ended, hung, stalled, degraded or running."""
+        if self.error is not None:
+            return "failed", why(self.error)
+        if self.done:
+            return "ended", "its source ended"
+        age = now - self.last_beat
+        if age > stuck_after and not self.recovering:
+            if self.writing:
+                return "stalled", f"writing a result to its sinks has not returned for {age:.1f} s"
+            return "hung", f"inference on {self.device} has not returned for {age:.1f} s"
+        if self.degraded:
+            return "degraded", self.degraded
+        return "running", ""
+
+    def close(self) -> None:
+        """Release the runner(s) this worker holds. Not for an abandoned worker (its call still runs)."""
+        for r in {id(self.runner): self.runner, id(self.stream.model): self.stream.model}.values():
+            r.close()
