@@ -53,7 +53,7 @@ from .config import Config, ConfigError, Pipeline, load_config
 from .metrics import HttpEndpoint, Metrics
 from .notify import Notifier
 from .sinks import JsonlSink
-from .worker import Loader, ResultSink, Worker, load_on_devices, why
+from .worker import Loader, ResultSink, Worker, load_on_devices, share_of_cores, why
 
 log = logging.getLogger("edge_runtime.daemon")
 
@@ -124,7 +124,7 @@ class Service:
         try:
             self._sinks = self._open_sinks(self.config, {})
             for spec in self.config.pipelines:
-                runner, index = load_on_devices(self.loader, spec, cache_dir=self.config.state_dir / "cache")
+                runner, index = self._load(spec)
                 self._add_worker(spec, runner, index)
             if self.metrics is not None:
                 for w in self.workers:
@@ -136,6 +136,17 @@ class Service:
             raise
         finally:
             self._starting = False
+
+    def _load(self, spec: Pipeline, start: int = 0, config: Config | None = None) -> tuple[Runner, int]:
+        """``load_on_devices`` with this service's cache and the pipeline's share of the cores
+        (among the pipelines of ``config``, default the running one)."""
+        return load_on_devices(
+            self.loader,
+            spec,
+            start,
+            cache_dir=self.config.state_dir / "cache",
+            default_threads=share_of_cores(len((config or self.config).pipelines)),
+        )
 
     def _add_worker(self, spec: Pipeline, runner: Runner, index: int, source: Any = None) -> Worker:
         """A worker for ``spec`` (it owns ``runner`` from here on); not started."""
@@ -284,9 +295,7 @@ class Service:
             return None
         w.recovering = True
         try:
-            new, index = load_on_devices(
-                self.loader, w.spec, w.device_index + 1, cache_dir=self.config.state_dir / "cache"
-            )
+            new, index = self._load(w.spec, w.device_index + 1)
         except EdgeRuntimeError as err:
             log.error("edge_runtime: pipeline %s: no device to fall back to: %s", w.name, why(err))
             return None
@@ -325,9 +334,7 @@ class Service:
             log.error("edge_runtime: pipeline %s: its reader did not stop: the source cannot be handed over", w.name)
             return False
         try:
-            new, index = load_on_devices(
-                self.loader, w.spec, w.device_index + 1, cache_dir=self.config.state_dir / "cache"
-            )
+            new, index = self._load(w.spec, w.device_index + 1)
             with self._lock:
                 self.workers.remove(w)
             nw = self._add_worker(w.spec, new, index, source=w.source)
@@ -372,7 +379,7 @@ class Service:
         try:
             sinks = self._open_sinks(new, self._sinks)
             for spec in new.pipelines:
-                runner, index = load_on_devices(self.loader, spec, cache_dir=self.config.state_dir / "cache")
+                runner, index = self._load(spec, config=new)
                 prepared.append((spec, runner, index))
         except BaseException as exc:
             for _, runner, _ in prepared:

@@ -57,10 +57,26 @@ def why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def share_of_cores(pipelines: int) -> int:
+    """Inference threads for a pipeline that does not set ``threads``: the cores this process may
+    use, shared evenly between the pipelines (at least 1). Two pipelines on 2 cores get one each
+    instead of two backends each spreading over both cores and contending."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, pipelines))
+
+
 def load_on_devices(
-    loader: Loader, spec: Pipeline, start: int = 0, *, cache_dir: Path | None = None
+    loader: Loader,
+    spec: Pipeline,
+    start: int = 0,
+    *,
+    cache_dir: Path | None = None,
+    default_threads: int | None = None,
 ) -> tuple[Runner, int]:
-    """Load and warm ``spec.model`` on the first of ``spec.device[start:]`` that works.
+    """Load and warm ``spec.model`` on the first of ``spec.device[start:]`` that works, with
+    ``spec.threads`` inference threads (unset: ``default_threads``, see ``share_of_cores``).
 
     Returns the runner (the caller owns it) and the index of the request that loaded it.
     A bad model file (``ModelFileError``) or bad thresholds raise at once; a device that is
@@ -79,7 +95,7 @@ def load_on_devices(
             runner = loader(
                 spec.model,
                 request,
-                threads=spec.threads,
+                threads=spec.threads if spec.threads is not None else default_threads,
                 cache_dir=cache_dir,
                 labels=spec.labels,
                 openvino_config=dict(OPENVINO_CONFIG),
