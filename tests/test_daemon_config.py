@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -117,3 +118,14 @@ def test_cli_check_says_ok_or_one_line(cli: Cli, tmp_path: Path) -> None:
     assert out.stderr.startswith("edge-runtime: error: pipelines.imu.window: must be a whole number >= 1, got 0")
     out = cli("serve", "--check", tmp_path / "missing.toml")
     assert out.returncode == 2 and "config file not found" in out.stderr
+
+
+def test_every_key_is_documented_in_the_shipped_example() -> None:
+    """The example is the reference: a key the config reads but the example does not show is a defect."""
+    from edge_runtime.daemon import config as c
+
+    text = EXAMPLE.read_text()
+    shown = {m.group(1) for m in re.finditer(r"^#?\s*([a-z_0-9]+)\s*=", text, re.MULTILINE)}
+    for table, keys in (("daemon", c._DAEMON), ("metrics", c._METRICS), ("mqtt", c._MQTT), ("pipeline", c._PIPELINE)):
+        missing = sorted(set(keys) - shown)
+        assert not missing, f"[{table}] keys not in {EXAMPLE.name}: {missing}"

@@ -364,3 +364,33 @@ def test_preprocessing_refuses_floats_into_an_unquantized_integer_input_like_inf
     assert np.array_equal(dst.reshape(10, 3), window)
     with pytest.raises(er.InputError, match="unknown quantization"):
         Preprocessor(Preprocess(scale=(2.0,)), 10, 3, spec, np.int8)  # preprocessing makes floats: refused too
+
+
+def test_swap_changes_the_runner_between_two_windows_and_refuses_one_that_does_not_fit() -> None:
+    """Mid-run swap LiteRT -> OpenVINO: every window is inferred exactly once, by one runner or the
+    other, and each gives the result it gives alone (same backend, same window: bit-exact)."""
+    pre = Preprocess.from_sidecar(SIDECAR)
+    url = f"file:{RECORDING}?speed=max&frame=10"
+    with er.load(MODEL, "litert:cpu") as lite, er.load(MODEL, "openvino:CPU") as ov:
+        alone = {
+            m.device: [r.scores for r in Stream(m, FileSource(url), preprocess=pre, policy=BLOCK).results()]
+            for m in (lite, ov)
+        }
+        stream = Stream(lite, FileSource(url), preprocess=pre, policy=BLOCK)
+        got = []
+        swap = None
+        for r in stream.results():
+            got.append((r.window_index, stream.model.device, r.scores))
+            if r.window_index == 10:
+                swap = stream.swap(ov, preprocess=pre)
+        assert swap is not None and swap.done.is_set() and swap.old is lite and stream.stats.swaps == 1
+        assert [i for i, _, _ in got] == list(range(len(alone["litert:cpu"])))
+        assert {d for i, d, _ in got if i <= 10} == {"litert:cpu"} and {d for i, d, _ in got if i > 10} == {
+            "openvino:CPU"
+        }
+        for i, device, scores in got:
+            assert scores == alone[device][i]
+        with er.load(MODELS / "digits_cnn_int8.tflite", "litert:cpu") as other:
+            with pytest.raises(er.ArgumentError, match="does not take this stream's windows"):
+                stream.swap(other)
+        assert stream.model is ov
