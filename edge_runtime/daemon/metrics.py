@@ -31,7 +31,7 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
         from prometheus_client.process_collector import ProcessCollector
 
-        disable_created_metrics()  # no *_created series: they double the text and nobody graphs them
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: they double the text and nobody graphs them
         self.registry = CollectorRegistry()
         self._devices: dict[str, str] = {}  # pipeline -> the device label now set
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes and friends

@@ -46,8 +46,8 @@ class Notifier:
         return self._sock is not None
 
     def send(self, **fields: str | int) -> bool:
-        """Send one message (``send(READY=1, STATUS="serving")``); False if there is no socket or
-        the send failed (systemd gone: a service keeps running)."""
+        """Send one message (``send(READY=1, STATUS="serving")``) without blocking; False if there
+        is no socket or the send failed (systemd gone, or its socket full: a service keeps running)."""
         sock = self._sock
         if sock is None or not fields:
             return False
@@ -58,7 +58,10 @@ class Notifier:
                 raise EdgeRuntimeError(f"notify field {key} holds a line break: {text!r}")
             lines.append(f"{key}={text}")
         try:
-            sock.sendto("\n".join(lines).encode("utf-8"), self._target)
+            # Never wait on the manager: a full socket buffer (systemd busy, or a listener that
+            # stopped reading) drops this message rather than stalling the service's main loop,
+            # as sd_notify does.
+            sock.sendto("\n".join(lines).encode("utf-8"), socket.MSG_DONTWAIT, self._target)
         except OSError:
             return False
         return True

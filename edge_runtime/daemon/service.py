@@ -199,8 +199,7 @@ class Service:
         return table
 
     def _same_mqtt(self, new: Config) -> bool:
-        old = self.config
-        return old.mqtt == new.mqtt and [p.name for p in old.pipelines] == [p.name for p in new.pipelines]
+        return self.config.mqtt == new.mqtt
 
     @staticmethod
     def _mqtt_sink(config: Config) -> Any:
@@ -370,8 +369,18 @@ class Service:
         for section in ("state_dir", "log_level", "metrics"):
             if getattr(new, section) != getattr(self.config, section):
                 log.warning("edge_runtime: reload: [daemon]/[metrics] %s changed: it takes effect at restart", section)
+        mqtt = new.mqtt
+        if self.config.mqtt is not None and new.mqtt is not None and new.mqtt != self.config.mqtt:
+            # One client id, one connection: a second client beside the first would make the broker
+            # drop one or the other, and the results waiting in the first would be at risk.
+            log.warning("edge_runtime: reload: [mqtt] changed: it takes effect at restart")
+            mqtt = self.config.mqtt
         new = replace(
-            new, state_dir=self.config.state_dir, log_level=self.config.log_level, metrics=self.config.metrics
+            new,
+            state_dir=self.config.state_dir,
+            log_level=self.config.log_level,
+            metrics=self.config.metrics,
+            mqtt=mqtt,
         )
         by_name = {w.name: w for w in self.workers}
         prepared: list[tuple[Pipeline, Runner, int]] = []
@@ -443,6 +452,8 @@ class Service:
             if name not in keep:
                 log.info("edge_runtime: reload: pipeline %s removed", name)
                 self._retire(w)
+        if "mqtt" in sinks:
+            sinks["mqtt"].set_pipelines([p.name for p in new.pipelines if any(s.kind == "mqtt" for s in p.sinks)])
         unused = [s for key, s in old_sinks.items() if sinks.get(key) is not s]
         self._pending.append(_Pending(swaps, unused))
         self._settle()
