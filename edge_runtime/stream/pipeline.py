@@ -221,8 +221,10 @@ class Stream:
         self.deadline_ms = deadline_ms
         self.recover = recover
         self._pending: Swap | None = None
-        self._latency = np.zeros(_LATENCY_RING, dtype=np.float64)
-        self._invoke = np.zeros(_LATENCY_RING, dtype=np.float64)
+        # Written now (np.full), not left to the first results: np.zeros' pages would join the
+        # resident memory one by one over the first 65,536 results and look like a leak.
+        self._latency = np.full(_LATENCY_RING, 0.0)
+        self._invoke = np.full(_LATENCY_RING, 0.0)
         self._lock = threading.Lock()
         self._active = False
         self._stuck: threading.Thread | None = None
