@@ -18,6 +18,7 @@ from edge_runtime import load
 from edge_runtime.daemon.config import load_config
 from edge_runtime.daemon.notify import Notifier
 from edge_runtime.daemon.service import Service
+from edge_runtime.daemon.worker import Worker
 from edge_runtime.errors import InferenceError
 
 MODEL = MODELS / "basicmotions_int8.tflite"
@@ -125,6 +126,7 @@ def test_an_error_on_the_device_falls_back_and_reruns_the_same_window(tmp_path: 
     assert [r["window_index"] for r in got] == list(range(40)), "no window lost or repeated"
     assert [r["device"] for r in got] == ["litert:cpu"] * 9 + ["openvino:CPU"] * 31
     w = service.workers[0]
+    assert isinstance(w, Worker)
     assert w.degraded.startswith("fell back from litert:cpu to openvino:CPU: inference failed on litert:cpu")
     assert w.stream.stats.device_errors == 1
     assert service.metrics is not None

@@ -43,9 +43,13 @@ sinks = ["jsonl:{out}"]
 """
 
 
-def test_sighup_swaps_models_without_losing_or_repeating_a_result(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pipelines_in", ["threads", "processes"])
+def test_sighup_swaps_models_without_losing_or_repeating_a_result(tmp_path: Path, pipelines_in: str) -> None:
     port = free_port()
-    head = f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    head = (
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\npipelines_in = "{pipelines_in}"\n'
+        f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    )
     cfg = tmp_path / "edge-runtime.toml"
     imu, extra_out = tmp_path / "imu.jsonl", tmp_path / "extra.jsonl"
     broken = tmp_path / "broken.tflite"
@@ -197,3 +201,42 @@ def test_sigterm_or_sigint_while_serving_finishes_queued_windows(tmp_path: Path,
     assert proc.returncode == 0, err[-2000:]
     got = lines(out)
     assert [r["window_index"] for r in got] == list(range(len(got)))
+
+
+def test_a_frozen_pipeline_process_is_replaced_on_the_next_device(tmp_path: Path) -> None:
+    """A pipeline's process that stops (SIGSTOP: as a driver stuck in the kernel would hold it) is
+    hung: killed, and a new process serves the pipeline on the next device of its list; a process
+    that dies (SIGKILL) is a failed pipeline, and the others go on."""
+    port = free_port()
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    cfg = tmp_path / "edge-runtime.toml"
+    cfg.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\npipelines_in = "processes"\n'
+        f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+        + pipeline("a", a, extra="inference_timeout_s = 1.0").replace(
+            'device = "litert:cpu"', 'device = ["litert:cpu", "openvino:CPU"]'
+        )
+        + pipeline("b", b)
+    )
+    systemd = Systemd(tmp_path)
+    with serving(cfg, systemd) as proc:
+        systemd.wait_for("READY")
+        wait_until_lines(a, 5)
+        first = health(port)["pipelines"]["a"]["pid"]
+        os.kill(first, signal.SIGSTOP)
+        wait_for(lambda: health(port)["pipelines"]["a"]["device"] == "openvino:CPU", what="the fallback")
+        h = health(port)
+        assert h["state"] == "degraded" and h["pipelines"]["a"]["pid"] != first, h
+        assert "a: degraded: fell back from litert:cpu to openvino:CPU: inference on litert:cpu hung" in h["why"][0]
+        wait_for(lambda: lines(a)[-1]["device"] == "openvino:CPU", what="results from the new process")
+        os.kill(h["pipelines"]["b"]["pid"], signal.SIGKILL)
+        wait_for(lambda: health(port)["pipelines"]["b"]["state"] == "failed", what="b failed")
+        assert "killed by SIGKILL" in " ".join(health(port)["why"])
+        served = len(lines(a))
+        wait_until_lines(a, served + 5)  # a goes on
+        text = get(port, "/metrics")[1]
+        assert 'edge_runtime_device_errors_total{device="litert:cpu",pipeline="a"} 1.0' in text
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err[-3000:]  # a pipeline failed: systemd's Restart=on-failure
+    assert "pipeline b failed: the pipeline's process ended unexpectedly (killed by SIGKILL)" in err

@@ -103,10 +103,13 @@ class Config:
     metrics: Metrics
     mqtt: Mqtt | None
     pipelines: tuple[Pipeline, ...] = field(default=())
+    #: auto (processes for 2+ pipelines on 2+ cores), threads, or processes
+    pipelines_in: str = "auto"
 
 
 _TOP = {"daemon", "metrics", "mqtt", "pipelines"}
-_DAEMON = {"state_dir", "log_level"}
+_DAEMON = {"state_dir", "log_level", "pipelines_in"}
+PIPELINES_IN = ("auto", "threads", "processes")
 _METRICS = {"enabled", "listen"}
 _MQTT = {
     "host",
@@ -218,6 +221,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
     daemon = _Reader(top.get("daemon", dict, {}), "daemon", _DAEMON, p)
     state_dir = _path(base, daemon.get("state_dir", str, "/var/lib/edge-runtime"))
     log_level = daemon.choice("log_level", LOG_LEVELS, "info")
+    pipelines_in = daemon.choice("pipelines_in", PIPELINES_IN, "auto")
     m = _Reader(top.get("metrics", dict, {}), "metrics", _METRICS, p)
     metrics = Metrics(m.get("enabled", bool, True), m.get("listen", str, "127.0.0.1:9464"))
     if metrics.enabled:
@@ -236,7 +240,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
     if mqtt is None and any(s.kind == "mqtt" for pl in pipelines for s in pl.sinks):
         user = next(pl.name for pl in pipelines if any(s.kind == "mqtt" for s in pl.sinks))
         raise ConfigError(f"pipelines.{user}.sinks: 'mqtt' needs an [mqtt] table (host, port)", path=str(p))
-    return Config(p, state_dir, log_level, metrics, mqtt, tuple(pipelines))
+    return Config(p, state_dir, log_level, metrics, mqtt, tuple(pipelines), pipelines_in)
 
 
 def _path(base: Path, text: str) -> Path:

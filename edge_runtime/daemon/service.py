@@ -38,24 +38,28 @@ at start only (a change is logged as needing a restart).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from types import FrameType
+from types import FrameType, SimpleNamespace
 from typing import Any
 
 from ..errors import EdgeRuntimeError
 from ..runner import Runner
-from ..stream.pipeline import StreamResult, Swap
 from .config import Config, ConfigError, Pipeline, load_config
 from .metrics import HttpEndpoint, Metrics
 from .notify import Notifier
+from .process_worker import ProcessWorker
 from .sinks import JsonlSink
 from .worker import Loader, ResultSink, Worker, load_on_devices, share_of_cores, why
 
 log = logging.getLogger("edge_runtime.daemon")
+
+#: A pipeline at run time: on a thread of this process, or in a process of its own.
+AnyWorker = Worker | ProcessWorker
 
 #: A pipeline that has not turned for this long stops the systemd watchdog even when its
 #: ``inference_timeout_s`` is longer (seconds); with a watchdog, half its interval if shorter.
@@ -101,7 +105,7 @@ class StoppedDuringStart(KeyboardInterrupt):
 class _Pending:
     """A reload's leftovers: closed once every swap of that reload has taken effect."""
 
-    swaps: list[Swap]
+    swaps: list[Any]  # Swap, or anything with ``done`` (an Event) and ``old`` (a runner or None)
     sinks: list[Any] = field(default_factory=list)
 
 
@@ -121,8 +125,8 @@ class Service:
         self.loader = loader
         self.notifier = notifier or Notifier.from_environ()
         self.stop = threading.Event()
-        self.workers: list[Worker] = []
-        self._abandoned: list[Worker] = []
+        self.workers: list[AnyWorker] = []
+        self._abandoned: list[AnyWorker] = []
         self._sinks: dict[str, Any] = {}
         self._pending: list[_Pending] = []
         self._hup = threading.Event()
@@ -135,6 +139,15 @@ class Service:
         self._stuck_after = STUCK_AFTER_S
         self._previous_signals: dict[int, Any] = {}
         self._starting = False
+        self.in_processes = self._in_processes(config)
+
+    @staticmethod
+    def _in_processes(config: Config) -> bool:
+        """``pipelines_in``: processes, threads, or auto (processes for 2+ pipelines on 2+ cores)."""
+        if config.pipelines_in != "auto":
+            return bool(config.pipelines_in == "processes")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return len(config.pipelines) > 1 and cores > 1
 
     # -- start ---------------------------------------------------------------------
     def start(self) -> None:
@@ -147,12 +160,17 @@ class Service:
         self._install_signals()
         try:
             self._sinks = self._open_sinks(self.config, {})
+            where = "processes" if self.in_processes else "threads"
+            log.info("edge_runtime: %d pipeline(s) on %s", len(self.config.pipelines), where)
             for spec in self.config.pipelines:
-                runner, index = self._load(spec)
-                self._add_worker(spec, runner, index)
+                if self.in_processes:
+                    self._add_process(spec)
+                else:
+                    runner, index = self._load(spec)
+                    self._add_worker(spec, runner, index)
             if self.metrics is not None:
                 for w in self.workers:
-                    self.metrics.pipeline(w.name, w.device, self._passed_over(w))
+                    self.metrics.pipeline(w.name, w.device, w.passed_over())
                 self.http = HttpEndpoint(self.config.metrics.listen, self.metrics, self.health, self._refresh)
                 log.info("edge_runtime: metrics and health on http://%s/metrics, /healthz", self.http.address)
         except BaseException:
@@ -171,6 +189,37 @@ class Service:
             cache_dir=self.config.state_dir / "cache",
             default_threads=share_of_cores(len((config or self.config).pipelines)),
         )
+
+    def _process(self, spec: Pipeline, sinks: Mapping[str, Any], config: Config, start: int = 0) -> ProcessWorker:
+        """A pipeline's process, its model loaded and warmed (not streaming yet)."""
+        w = ProcessWorker(
+            spec,
+            self._sinks_for(spec, sinks),
+            cache_dir=self.config.state_dir / "cache",
+            default_threads=share_of_cores(len(config.pipelines)),
+            start_index=start,
+            on_result=self._observe if self.metrics is not None else None,
+            on_event=self._event,
+        )
+        log.info("edge_runtime: pipeline %s: %s from %s", spec.name, w.describe(), spec.source)
+        return w
+
+    def _add_process(self, spec: Pipeline) -> ProcessWorker:
+        w = self._process(spec, self._sinks, self.config)
+        with self._lock:
+            self.workers.append(w)
+        return w
+
+    def _event(self, w: ProcessWorker, kind: str, args: tuple[Any, ...]) -> None:
+        """What a pipeline's process reports besides results: device errors and fallbacks."""
+        if self.metrics is None:
+            return
+        if kind == "device_error":
+            self.metrics.device_errors.labels(w.name, args[0]).inc()
+        elif kind == "moved":
+            self.metrics.moved(w.name, args[0], args[1], w.passed_over())
+        elif kind == "swapped":
+            self.metrics.pipeline(w.name, args[0], w.passed_over())
 
     def _add_worker(self, spec: Pipeline, runner: Runner, index: int, source: Any = None) -> Worker:
         """A worker for ``spec`` (it owns ``runner`` from here on); not started."""
@@ -239,10 +288,6 @@ class Service:
         keys = ["stdout" if s.kind == "stdout" else ("mqtt" if s.kind == "mqtt" else str(s.path)) for s in spec.sinks]
         return [table[k] for k in keys]
 
-    @staticmethod
-    def _passed_over(w: Worker) -> int:
-        return len(w.runner.attempts) + w.fallbacks
-
     # -- run -----------------------------------------------------------------------
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (exit status 0) or until every pipeline has ended (0 if
@@ -305,11 +350,11 @@ class Service:
             self.notifier.watchdog()
         return True
 
-    def _observe(self, w: Worker, r: StreamResult) -> None:
+    def _observe(self, w: AnyWorker, exit_index: int, invoke_us: float) -> None:
         m = self.metrics
         assert m is not None
-        m.observe(w.name, r.exit_index, r.invoke_us)
-        if w.spec.deadline_ms is not None and r.invoke_us > w.spec.deadline_ms * 1e3:
+        m.observe(w.name, exit_index, invoke_us)
+        if w.spec.deadline_ms is not None and invoke_us > w.spec.deadline_ms * 1e3:
             m.deadline_missed.labels(w.name).inc()
 
     # -- device trouble ------------------------------------------------------------
@@ -342,12 +387,14 @@ class Service:
         w.degraded = f"fell back from {old.device} to {new.device}: {reason}"
         log.warning("edge_runtime: pipeline %s: %s", w.name, w.degraded)
         if self.metrics is not None:
-            self.metrics.moved(w.name, old.device, new.device, self._passed_over(w))
+            self.metrics.moved(w.name, old.device, new.device, w.passed_over())
 
-    def _fall_back_from_hang(self, w: Worker, age: float) -> bool:
+    def _fall_back_from_hang(self, w: AnyWorker, age: float) -> bool:
         """Replace a worker whose inference hangs by one on the next device. True if done."""
         if w.spec.on_device_error == "fail" or w.device_index + 1 >= len(w.spec.device):
             return False
+        if isinstance(w, ProcessWorker):
+            return self._respawn_after_hang(w, age)
         hung = w.stream.model
         log.error(
             "edge_runtime: pipeline %s: inference on %s has not returned for %.1f s: falling back",
@@ -377,6 +424,36 @@ class Service:
         nw.start()
         return True
 
+    def _respawn_after_hang(self, w: ProcessWorker, age: float) -> bool:
+        """Kill a hung pipeline's process (its source goes with it); start one on the next device."""
+        hung = w.device
+        log.error(
+            "edge_runtime: pipeline %s: inference on %s has not returned for %.1f s: its process is killed, "
+            "falling back",
+            w.name,
+            hung,
+            age,
+        )
+        w.kill()
+        if self.metrics is not None:
+            self.metrics.device_errors.labels(w.name, hung).inc()
+        try:
+            nw = self._process(w.spec, self._sinks, self.config, start=w.device_index + 1)
+        except EdgeRuntimeError as err:
+            w.error = err
+            log.error("edge_runtime: pipeline %s: no device to fall back to: %s", w.name, why(err))
+            return True
+        with self._lock:
+            self.workers[self.workers.index(w)] = nw
+        nw.fallbacks, nw.results = w.fallbacks + 1, w.results
+        nw.degraded = f"fell back from {hung} to {nw.device}: inference on {hung} hung for {age:.1f} s"
+        log.warning("edge_runtime: pipeline %s: %s", nw.name, nw.degraded)
+        if self.metrics is not None:
+            self.metrics.moved(nw.name, hung, nw.device, nw.passed_over())
+        w.close()
+        nw.start()
+        return True
+
     # -- reload --------------------------------------------------------------------
     def request_reload(self) -> None:
         """Ask the main loop to reload (what SIGHUP does)."""
@@ -395,7 +472,7 @@ class Service:
             new = load_config(self.config.path)
         except ConfigError as exc:
             return self._reload_failed(exc.reason)
-        for section in ("state_dir", "log_level", "metrics"):
+        for section in ("state_dir", "log_level", "pipelines_in", "metrics"):
             if getattr(new, section) != getattr(self.config, section):
                 log.warning("edge_runtime: reload: [daemon]/[metrics] %s changed: it takes effect at restart", section)
         mqtt = new.mqtt
@@ -408,10 +485,93 @@ class Service:
             new,
             state_dir=self.config.state_dir,
             log_level=self.config.log_level,
+            pipelines_in=self.config.pipelines_in,
             metrics=self.config.metrics,
             mqtt=mqtt,
         )
         by_name = {w.name: w for w in self.workers}
+        if self.in_processes:
+            if not self._reload_processes(new, by_name):
+                return False
+        elif not self._reload_threads(new, by_name):
+            return False
+        self.reloads["ok"] += 1
+        self.reload_error = ""
+        if self.metrics is not None:
+            self.metrics.reloads.labels("ok").inc()
+        log.info("edge_runtime: reload: done in %.0f ms (%s)", (time.monotonic() - t0) * 1e3, self._status())
+        return True
+
+    def _same_stream(self, w: AnyWorker | None, spec: Pipeline) -> bool:
+        """``w`` can take ``spec`` by a swap (its stream stays); else the pipeline restarts."""
+        return (
+            w is not None
+            and all(getattr(w.spec, k) == getattr(spec, k) for k in _RESTART_KEYS)
+            and not w.done
+            and not w.abandoned
+        )
+
+    def _drop_new_sinks(self, sinks: Mapping[str, Any]) -> None:
+        for key, sink in sinks.items():
+            if self._sinks.get(key) is not sink:
+                sink.close()
+
+    def _reload_processes(self, new: Config, by_name: dict[str, Any]) -> bool:
+        """Reload with pipelines in processes: every child prepares (loads beside), then all commit."""
+        swaps: list[tuple[ProcessWorker, Pipeline]] = []
+        fresh: list[tuple[Pipeline, ProcessWorker, AnyWorker | None]] = []
+        sinks: dict[str, Any] = {}
+        try:
+            sinks = self._open_sinks(new, self._sinks)
+            for spec in new.pipelines:
+                w = by_name.get(spec.name)
+                if isinstance(w, ProcessWorker) and self._same_stream(w, spec):
+                    w.prepare(spec)
+                    swaps.append((w, spec))
+                else:
+                    fresh.append((spec, self._process(spec, sinks, new), w))
+        except BaseException as exc:
+            for w, _ in swaps:
+                w.abort()
+            for _, pw, _ in fresh:
+                pw.close()
+            self._drop_new_sinks(sinks)
+            if not isinstance(exc, Exception):
+                raise
+            return self._reload_failed(why(exc))
+        old_sinks, self._sinks = self._sinks, sinks
+        self.config = new
+        done: list[Any] = []
+        for w, spec in swaps:
+            done.append(SimpleNamespace(done=w.commit(spec, self._sinks_for(spec, sinks)), old=None))
+        for spec, pw, old in fresh:
+            if old is not None:
+                log.info("edge_runtime: reload: pipeline %s restarts (its stream changed)", spec.name)
+                self._retire(old)
+            with self._lock:
+                self.workers.append(pw)
+            if self.metrics is not None:
+                self.metrics.pipeline(pw.name, pw.device, pw.passed_over())
+            pw.start()
+        self._finish_reload(new, by_name, sinks, old_sinks, done)
+        return True
+
+    def _finish_reload(
+        self, new: Config, by_name: dict[str, Any], sinks: dict[str, Any], old_sinks: dict[str, Any], done: list[Any]
+    ) -> None:
+        keep = {spec.name for spec in new.pipelines}
+        for name, w in by_name.items():
+            if name not in keep:
+                log.info("edge_runtime: reload: pipeline %s removed", name)
+                self._retire(w)
+        if "mqtt" in sinks:
+            sinks["mqtt"].set_pipelines([p.name for p in new.pipelines if any(s.kind == "mqtt" for s in p.sinks)])
+        unused = [s for key, s in old_sinks.items() if sinks.get(key) is not s]
+        self._pending.append(_Pending(done, unused))
+        self._settle()
+
+    def _reload_threads(self, new: Config, by_name: dict[str, Any]) -> bool:
+        """Reload with pipelines on threads: every model loaded here beside the running ones, then swapped."""
         prepared: list[tuple[Pipeline, Runner, int]] = []
         sinks: dict[str, Any] = {}
         try:
@@ -422,18 +582,11 @@ class Service:
         except BaseException as exc:
             for _, runner, _ in prepared:
                 runner.close()
-            for key, sink in sinks.items():
-                if self._sinks.get(key) is not sink:
-                    sink.close()
+            self._drop_new_sinks(sinks)
             if not isinstance(exc, Exception):
                 raise
             return self._reload_failed(why(exc))
         self._commit(new, prepared, sinks, by_name)
-        self.reloads["ok"] += 1
-        self.reload_error = ""
-        if self.metrics is not None:
-            self.metrics.reloads.labels("ok").inc()
-        log.info("edge_runtime: reload: done in %.0f ms (%s)", (time.monotonic() - t0) * 1e3, self._status())
         return True
 
     def _commit(
@@ -441,18 +594,16 @@ class Service:
         new: Config,
         prepared: list[tuple[Pipeline, Runner, int]],
         sinks: dict[str, Any],
-        by_name: dict[str, Worker],
+        by_name: dict[str, Any],
     ) -> None:
         from ..stream.preprocess import Preprocess
 
         old_sinks, self._sinks = self._sinks, sinks
         self.config = new
-        swaps: list[Swap] = []
-        keep = {spec.name for spec, _, _ in prepared}
+        swaps: list[Any] = []
         for spec, runner, index in prepared:
             w = by_name.get(spec.name)
-            same_stream = w is not None and all(getattr(w.spec, k) == getattr(spec, k) for k in _RESTART_KEYS)
-            if w is not None and same_stream and not w.done and not w.abandoned:
+            if isinstance(w, Worker) and self._same_stream(w, spec):
                 try:
                     sw = w.stream.swap(
                         runner, preprocess=Preprocess.choose(spec.preprocess, runner), deadline_ms=spec.deadline_ms
@@ -477,17 +628,9 @@ class Service:
             if self.metrics is not None:
                 self.metrics.pipeline(nw.name, nw.device, len(runner.attempts))
             nw.start()
-        for name, w in by_name.items():
-            if name not in keep:
-                log.info("edge_runtime: reload: pipeline %s removed", name)
-                self._retire(w)
-        if "mqtt" in sinks:
-            sinks["mqtt"].set_pipelines([p.name for p in new.pipelines if any(s.kind == "mqtt" for s in p.sinks)])
-        unused = [s for key, s in old_sinks.items() if sinks.get(key) is not s]
-        self._pending.append(_Pending(swaps, unused))
-        self._settle()
+        self._finish_reload(new, by_name, sinks, old_sinks, swaps)
 
-    def _retire(self, w: Worker) -> None:
+    def _retire(self, w: AnyWorker) -> None:
         """Stop a worker for good (its queued windows are still written), release its runner."""
         w.halt(30)
         with self._lock:
@@ -543,7 +686,8 @@ class Service:
                     "state": states[w.name][0],
                     "device": w.device,
                     "results": w.results,
-                    "queue_depth": w.stream.queue_depth,
+                    "queue_depth": w.counters()[3],
+                    **({"pid": w.process.pid} if isinstance(w, ProcessWorker) else {}),
                 }
                 for w in workers
             },
@@ -556,10 +700,7 @@ class Service:
         with self._lock:
             workers = list(self.workers)
         for w in workers:
-            st = w.stream.source.stats
-            dec = st.decoder
-            bad = dec.crc_errors + dec.malformed + dec.oversize if dec is not None else 0
-            self.metrics.counters(w.name, st.frames, w.stream.stats.dropped, bad, w.stream.queue_depth)
+            self.metrics.counters(w.name, *w.counters())
         mqtt = self._sinks.get("mqtt")
         if mqtt is not None:
             self.metrics.mqtt(mqtt.stats)

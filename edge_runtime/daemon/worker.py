@@ -31,7 +31,7 @@ from ..errors import (
     ModelLoadError,
 )
 from ..runner import Runner
-from ..stream.pipeline import Stream, StreamResult
+from ..stream.pipeline import Stream
 from ..stream.sources import Source
 from .config import Pipeline
 
@@ -136,7 +136,7 @@ class Worker:
         sinks: Sequence[ResultSink],
         *,
         recover: Callable[[Worker, BaseException, Runner], Runner | None],
-        on_result: Callable[[Worker, StreamResult], None] | None = None,
+        on_result: Callable[[Any, int, float], None] | None = None,
     ) -> None:
         from ..stream.preprocess import Preprocess
 
@@ -180,6 +180,17 @@ class Worker:
         """The device of the runner now in use."""
         return self.stream.model.device
 
+    def passed_over(self) -> int:
+        """Devices passed over at load, plus those left at run time."""
+        return len(self.runner.attempts) + self.fallbacks
+
+    def counters(self) -> tuple[int, int, int, int]:
+        """Frames received, windows dropped, frames refused, windows queued now."""
+        st = self.stream.source.stats
+        dec = st.decoder
+        bad = dec.crc_errors + dec.malformed + dec.oversize if dec is not None else 0
+        return st.frames, self.stream.stats.dropped, bad, self.stream.queue_depth
+
     def start(self) -> None:
         self.last_beat = time.monotonic()
         self.thread = threading.Thread(target=self._serve, name=f"edge_runtime-{self.name}", daemon=True)
@@ -203,7 +214,7 @@ class Worker:
                 self.results += 1
                 self.last_beat = time.monotonic()
                 if self._on_result is not None:
-                    self._on_result(self, r)
+                    self._on_result(self, r.exit_index, r.invoke_us)
         except BaseException as exc:  # noqa: BLE001 - reported by the service's main loop, which decides
             if not self.abandoned:
                 self.error = exc
