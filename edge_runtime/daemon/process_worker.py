@@ -75,9 +75,7 @@ def _child(
             conn.send(msg)
 
     try:
-        runner, index = load_on_devices(
-            load, spec, start, cache_dir=cache_dir, default_threads=default_threads
-        )
+        runner, index = load_on_devices(load, spec, start, cache_dir=cache_dir, default_threads=default_threads)
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent, which decides
         send("failed", why(exc))
         return
@@ -197,12 +195,12 @@ class _ChildRun:
                 threading.Thread(target=self._settle, args=(sw, runner), daemon=True).start()
 
     def _settle(self, sw: Any, runner: Any) -> None:
-        from .service import _give_back_freed_memory
+        from .worker import give_back_freed_memory
 
         sw.done.wait()
         if sw.old is not None:
             sw.old.close()
-        _give_back_freed_memory()
+        give_back_freed_memory()
         self.send("swapped", runner.device, len(runner.attempts))
 
     def serve(self) -> None:

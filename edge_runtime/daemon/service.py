@@ -54,7 +54,7 @@ from .metrics import HttpEndpoint, Metrics
 from .notify import Notifier
 from .process_worker import ProcessWorker
 from .sinks import JsonlSink
-from .worker import Loader, ResultSink, Worker, load_on_devices, share_of_cores, why
+from .worker import Loader, ResultSink, Worker, give_back_freed_memory, load_on_devices, share_of_cores, why
 
 log = logging.getLogger("edge_runtime.daemon")
 
@@ -67,29 +67,6 @@ STUCK_AFTER_S = 10.0
 
 #: Keys of a pipeline whose change restarts it on reload (the stream itself changes).
 _RESTART_KEYS = ("source", "window", "hop", "queue_slots", "policy", "baud")
-
-
-def _give_back_freed_memory() -> None:
-    """Return the heap pages freed by closed runners to the system (glibc's ``malloc_trim``).
-
-    A reload frees a whole interpreter and its arenas; glibc keeps such pages for reuse, so
-    resident memory would ratchet up over the first reloads. Trimming after each reload keeps
-    it flat (measured by ``scripts/soak.py``). Elsewhere (musl, macOS) nothing is done."""
-    import ctypes
-    import ctypes.util
-
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _malloc_trim = libc.malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim: Any = None
 
 
 class StoppedDuringStart(KeyboardInterrupt):
@@ -648,7 +625,7 @@ class Service:
                         sw.old.close()
                 for sink in p.sinks:
                     sink.close()
-                _give_back_freed_memory()
+                give_back_freed_memory()
             else:
                 left.append(p)
         self._pending = left

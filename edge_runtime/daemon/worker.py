@@ -57,6 +57,29 @@ def why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def give_back_freed_memory() -> None:
+    """Return the heap pages freed by closed runners to the system (glibc's ``malloc_trim``).
+
+    A reload frees a whole interpreter and its arenas; glibc keeps such pages for reuse, so
+    resident memory would ratchet up over the first reloads. Trimming after each reload keeps
+    it flat (measured by ``scripts/soak.py``). Elsewhere (musl, macOS) nothing is done."""
+    import ctypes
+    import ctypes.util
+
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _malloc_trim = libc.malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
 def share_of_cores(pipelines: int) -> int:
     """Inference threads for a pipeline that does not set ``threads``: the cores this process may
     use, shared evenly between the pipelines (at least 1). Two pipelines on 2 cores get one each
