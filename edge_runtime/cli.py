@@ -736,6 +736,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 0 if stopped.signal == "SIGTERM" else EXIT_INTERRUPTED
         return service.run()
     cfg = load_config(args.check)
+    from .daemon.worker import load_on_devices
+    from .loader import load
+
+    loaded: dict[str, tuple[str, list[str]]] = {}  # pipeline -> (device, what was passed over)
+    for pl in cfg.pipelines:  # each model on its device list, checked against the config: as serve will
+        passed: list[str] = []
+        runner, _ = load_on_devices(load, pl, passed_over=passed)
+        loaded[pl.name] = (runner.device, passed + list(runner.attempts))
+        runner.close()
     summary: dict[str, Any] = {
         "config": str(cfg.path),
         "state_dir": str(cfg.state_dir),
@@ -748,6 +757,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "model": str(p.model),
                 "sha256_pinned": p.sha256 is not None,
                 "device": list(p.device),
+                "loads_on": loaded[p.name][0],
+                "passed_over": loaded[p.name][1],
                 "sinks": [s.kind if s.path is None else f"{s.kind}:{s.path}" for s in p.sinks],
             }
             for p in cfg.pipelines
@@ -757,7 +768,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for pl in cfg.pipelines:
         pin = ", sha256 pinned" if pl.sha256 else ""
         sinks = ", ".join(s.kind if s.path is None else f"{s.kind}:{s.path}" for s in pl.sinks)
-        lines.append(f"  {pl.name}: {pl.source} -> {pl.model}{pin} on {' or '.join(pl.device)} -> {sinks}")
+        device, passed = loaded[pl.name]
+        lines.append(f"  {pl.name}: {pl.source} -> {pl.model}{pin} on {device} -> {sinks}")
+        lines.extend(f"    passed over: {line}" for line in passed)
     _emit(args, summary, "\n".join(lines))
     return 0
 
@@ -953,7 +966,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--check",
         metavar="FILE",
         default=None,
-        help="validate this config (every key, value, model file and sha256 pin) and exit; "
+        help="validate this config (every key, value, model file and sha256 pin; each model loaded on its "
+        "device list and checked against window, labels and thresholds) and exit; "
         "a commented example with every key ships as edge_runtime/data/edge-runtime.example.toml",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")

@@ -96,6 +96,7 @@ def test_sighup_swaps_models_without_losing_or_repeating_a_result(tmp_path: Path
         write(pipeline("imu", imu))
         h = reload_and_wait("ok", 2)
         assert h["state"] == "ready" and set(h["pipelines"]) == {"imu"}, h
+        assert 'pipeline="extra"' not in get(port, "/metrics")[1], "a removed pipeline's series are gone"
         wait_for(lambda: lines(imu)[-1]["device"] == "litert:cpu", what="a result on litert:cpu again")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
@@ -240,3 +241,32 @@ def test_a_frozen_pipeline_process_is_replaced_on_the_next_device(tmp_path: Path
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err[-3000:]  # a pipeline failed: systemd's Restart=on-failure
     assert "pipeline b failed: the pipeline's process ended unexpectedly (killed by SIGKILL)" in err
+
+
+def test_a_whole_process_held_up_is_not_a_device_hang(tmp_path: Path) -> None:
+    """SIGSTOP of the whole service for 3 s (an overloaded board, a debugger): every pipeline is
+    silent, but so was the service's own loop, so no device is blamed and nothing falls back."""
+    port = free_port()
+    out = tmp_path / "imu.jsonl"
+    cfg = tmp_path / "edge-runtime.toml"
+    cfg.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+        + pipeline("imu", out, extra="inference_timeout_s = 1.0").replace(
+            'device = "litert:cpu"', 'device = ["litert:cpu", "openvino:CPU"]'
+        )
+    )
+    systemd = Systemd(tmp_path)
+    with serving(cfg, systemd) as proc:
+        systemd.wait_for("READY")
+        wait_until_lines(out, 5)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(3.0)  # the fault itself is a duration: the process is held for 3 s
+        proc.send_signal(signal.SIGCONT)
+        served = len(lines(out))
+        wait_until_lines(out, served + 20)
+        h = health(port)
+        assert h["state"] == "ready" and h["pipelines"]["imu"]["device"] == "litert:cpu", h
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert "the service was not scheduled for" in err and "falling back" not in err, err[-3000:]

@@ -162,11 +162,16 @@ sinks = ["jsonl:{tmp_path / "once.jsonl"}"]
     [
         ('sinks = ["mqtt"]\n', "pipelines.imu.sinks: 'mqtt' needs an [mqtt] table"),
         ("window = 0\n", "pipelines.imu.window: must be a whole number >= 1, got 0"),
+        # found by loading the model, at --check as at start: not at the first frame
+        ("window = 99\n", "pipelines.imu.window: a window of 99 samples cannot fill the input of basicmotions_int8"),
+        ('labels = ["a", "b"]\n', "pipelines.imu.labels: 2 labels for basicmotions_int8.tflite, which has 4 classes"),
+        ("thresholds = [0.5]\n", "pipelines.imu.thresholds: "),
     ],
 )
-def test_a_config_it_cannot_serve_is_one_line(tmp_path: Path, cli: Cli, extra: str, message: str) -> None:
+@pytest.mark.parametrize("verb", ["--config", "--check"])
+def test_a_config_it_cannot_serve_is_one_line(tmp_path: Path, cli: Cli, extra: str, message: str, verb: str) -> None:
     cfg = config(tmp_path, f'[pipelines.imu]\nsource = "synthetic:sine?channels=6"\nmodel = "{MODEL}"\n{extra}')
-    out = cli("serve", "--config", cfg)
+    out = cli("serve", verb, cfg)
     assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("edge-runtime: error: " + message)
 
 
@@ -200,6 +205,7 @@ sinks = ["jsonl:{tmp_path / "imu.jsonl"}"]
         assert 'edge_runtime_results_total{exit_index="0",pipeline="imu"}' in text
         assert 'edge_runtime_device_info{device="litert:cpu",pipeline="imu"} 1.0' in text
         assert "process_resident_memory_bytes" in text
+        assert "edge_runtime_mqtt" not in text, "no MQTT figures without [mqtt]"
         frames = [ln for ln in text.splitlines() if ln.startswith('edge_runtime_frames{pipeline="imu"}')]
         assert frames and float(frames[0].split()[-1]) > 0
         assert get(port, "/nope")[0] == 404

@@ -197,6 +197,8 @@ class _Reader:
 
 
 def _kind_name(kinds: tuple[type, ...]) -> str:
+    if set(kinds) == {int, float}:
+        return "a number"
     names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", list: "a list"}
     return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
 
@@ -249,9 +251,15 @@ def _path(base: Path, text: str) -> Path:
 
 
 def _listen_address(r: _Reader, text: str) -> None:
+    import socket
+
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise r.error("listen", f"must be HOST:PORT (e.g. 127.0.0.1:9464), got {text!r}")
+    try:
+        socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        raise r.error("listen", f"cannot use host {host!r}: {getattr(exc, 'strerror', None) or exc}") from exc
 
 
 def _mqtt(top: _Reader, base: Path, p: Path) -> Mqtt | None:
@@ -345,7 +353,8 @@ def _check_source(r: _Reader, source: str) -> None:
         try:
             open_source(source)
         except EdgeRuntimeError as exc:
-            raise r.error("source", exc.reason) from exc
+            where = f" ({exc.path})" if exc.path and exc.path not in exc.reason else ""
+            raise r.error("source", exc.reason + where) from exc
 
 
 def _check_model(r: _Reader, model: Path, sha: str | None) -> None:

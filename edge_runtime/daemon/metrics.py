@@ -75,13 +75,7 @@ class Metrics:
         self.reloads = Counter("edge_runtime_reloads", "Config reloads (SIGHUP)", ["result"], registry=r)
         for result in ("ok", "failed"):
             self.reloads.labels(result)
-        self.mqtt_connected = Gauge("edge_runtime_mqtt_connected", "1 while connected to the broker", registry=r)
-        self.mqtt_messages = Gauge(
-            "edge_runtime_mqtt_messages",
-            "MQTT results by state: published, acknowledged, buffered (waiting), dropped (buffer full)",
-            ["state"],
-            registry=r,
-        )
+        self._mqtt: tuple[Any, Any] | None = None  # made at the first MQTT figures: none without [mqtt]
 
     def observe(self, pipeline: str, exit_index: int, invoke_us: float) -> None:
         self.latency.labels(pipeline, str(exit_index)).observe(invoke_us / 1e6)
@@ -108,9 +102,39 @@ class Metrics:
 
     def mqtt(self, stats: Any) -> None:
         """Copy an ``MqttSink``'s counters."""
-        self.mqtt_connected.set(1 if stats.connected else 0)
+        from prometheus_client import Gauge
+
+        if self._mqtt is None:
+            connected = Gauge("edge_runtime_mqtt_connected", "1 while connected to the broker", registry=self.registry)
+            messages = Gauge(
+                "edge_runtime_mqtt_messages",
+                "MQTT results by state: published, acknowledged, buffered (waiting), dropped (buffer full)",
+                ["state"],
+                registry=self.registry,
+            )
+            self._mqtt = (connected, messages)
+        connected, messages = self._mqtt
+        connected.set(1 if stats.connected else 0)
         for state in ("published", "acknowledged", "buffered", "dropped"):
-            self.mqtt_messages.labels(state).set(getattr(stats, state))
+            messages.labels(state).set(getattr(stats, state))
+
+    def forget(self, name: str) -> None:
+        """Remove every series of pipeline ``name`` (a reload removed it)."""
+        for metric in (
+            self.latency,
+            self.results,
+            self.frames,
+            self.dropped,
+            self.bad,
+            self.device,
+            self.fallbacks,
+            self.device_errors,
+            self.deadline_missed,
+            self.queue_depth,
+        ):
+            for labels in [k for k in list(metric._metrics) if k and k[0] == name]:  # (pipeline, ...) tuples
+                metric.remove(*labels)
+        self._devices.pop(name, None)
 
     def text(self) -> bytes:
         from prometheus_client import generate_latest

@@ -270,6 +270,7 @@ class ProcessWorker:
         self._prepared = threading.Event()
         self._prepare_reply: tuple[bool, str] = (False, "")
         self.swapped = threading.Event()
+        self.prepared_device = ""  # where the runner a reload prepared runs
         self.thread: threading.Thread | None = None
         ctx = multiprocessing.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
@@ -396,6 +397,7 @@ class ProcessWorker:
         ok, text = self._prepare_reply
         if not ok:
             raise ModelLoadError(text)
+        self.prepared_device = text
 
     def abort(self) -> None:
         self._conn.send(("abort",))

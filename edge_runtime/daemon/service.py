@@ -116,6 +116,8 @@ class Service:
         self._stuck_after = STUCK_AFTER_S
         self._previous_signals: dict[int, Any] = {}
         self._starting = False
+        self._period = 1.0  # seconds between the main loop's turns
+        self._last_turn = time.monotonic()
         self.in_processes = self._in_processes(config)
 
     @staticmethod
@@ -274,7 +276,8 @@ class Service:
             for w in self.workers:
                 w.start()
             n.ready(self._status())
-            period = min(1.0, n.watchdog_s / 2) if n.watchdog_s else 1.0
+            period = self._period = min(1.0, n.watchdog_s / 2) if n.watchdog_s else 1.0
+            self._last_turn = time.monotonic()
             self._stuck_after = min(STUCK_AFTER_S, n.watchdog_s / 2) if n.watchdog_s else STUCK_AFTER_S
             last_status = time.monotonic()
             while True:
@@ -311,9 +314,18 @@ class Service:
         live = [w for w in self.workers if not w.done]
         if not live:
             return False
+        late = now - self._last_turn - self._period
+        self._last_turn = now
+        if late > 2.0:
+            # This loop itself was not scheduled: the whole process (or machine) was held up, so
+            # the pipelines' silence says nothing about their devices. Start their clocks again.
+            log.warning("edge_runtime: the service was not scheduled for %.1f s (is the machine overloaded?)", late)
+            for w in live:
+                w.last_beat = max(w.last_beat, now)
+            return True
         healthy = True
         for w in live:
-            if w.recovering:
+            if w.recovering or self.stop.is_set():
                 continue
             age = now - w.last_beat
             if not w.writing and age > w.spec.inference_timeout_s and self._fall_back_from_hang(w, age):
@@ -520,6 +532,7 @@ class Service:
         self.config = new
         done: list[Any] = []
         for w, spec in swaps:
+            log.info("edge_runtime: reload: pipeline %s: %s -> %s", spec.name, w.device, w.prepared_device)
             done.append(SimpleNamespace(done=w.commit(spec, self._sinks_for(spec, sinks)), old=None))
         for spec, pw, old in fresh:
             if old is not None:
@@ -541,6 +554,8 @@ class Service:
             if name not in keep:
                 log.info("edge_runtime: reload: pipeline %s removed", name)
                 self._retire(w)
+                if self.metrics is not None:
+                    self.metrics.forget(name)
         if "mqtt" in sinks:
             sinks["mqtt"].set_pipelines([p.name for p in new.pipelines if any(s.kind == "mqtt" for s in p.sinks)])
         unused = [s for key, s in old_sinks.items() if sinks.get(key) is not s]
@@ -588,6 +603,7 @@ class Service:
                 except EdgeRuntimeError as exc:
                     log.info("edge_runtime: reload: pipeline %s restarts: %s", spec.name, why(exc))
                 else:
+                    log.info("edge_runtime: reload: pipeline %s: %s -> %s", spec.name, w.device, runner.describe())
                     w.sinks = self._sinks_for(spec, sinks)  # before the swap takes effect: no result is missed
                     w.spec, w.runner, w.device_index, w.degraded, w.fallbacks = spec, runner, index, "", 0
                     swaps.append(sw)

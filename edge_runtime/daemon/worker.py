@@ -33,7 +33,7 @@ from ..errors import (
 from ..runner import Runner
 from ..stream.pipeline import Stream
 from ..stream.sources import Source
-from .config import Pipeline
+from .config import ConfigError, Pipeline
 
 log = logging.getLogger("edge_runtime.daemon")
 
@@ -97,14 +97,16 @@ def load_on_devices(
     *,
     cache_dir: Path | None = None,
     default_threads: int | None = None,
+    passed_over: list[str] | None = None,
 ) -> tuple[Runner, int]:
     """Load and warm ``spec.model`` on the first of ``spec.device[start:]`` that works, with
     ``spec.threads`` inference threads (unset: ``default_threads``, see ``share_of_cores``).
 
     Returns the runner (the caller owns it) and the index of the request that loaded it.
-    A bad model file (``ModelFileError``) or bad thresholds raise at once; a device that is
-    absent, fails to compile or fails its warm-up inference is passed over, and when none is
-    left a ``ModelLoadError`` lists each request with its reason.
+    A bad model file (``ModelFileError``) or a config that does not fit the model
+    (``ConfigError``, see ``check_fit``) raise at once; a device that is absent, fails to
+    compile or fails its warm-up inference is passed over (its request and reason appended to
+    ``passed_over``), and when none is left a ``ModelLoadError`` lists each with its reason.
     """
     import numpy as np
 
@@ -127,9 +129,10 @@ def load_on_devices(
             reasons.append(f"{request}: {why(exc)}")
             continue
         try:
+            check_fit(spec, runner)
             if spec.thresholds is not None:
                 if not isinstance(runner, EarlyExitModel):
-                    raise EdgeRuntimeError(f"{where}.thresholds: {spec.model} is not an early-exit bundle")
+                    raise ConfigError(f"{where}.thresholds: {spec.model} is not an early-exit bundle")
                 runner.set_thresholds(list(spec.thresholds))
             spec_in = runner.inputs[0]
             runner.classify(np.zeros(spec_in.shape, spec_in.dtype))  # warm: the first call pays for allocation
@@ -140,11 +143,43 @@ def load_on_devices(
         except BaseException:
             runner.close()
             raise
+        for reason in reasons:
+            log.info("edge_runtime: pipeline %s: passed over %s", spec.name, reason)
+        if passed_over is not None:
+            passed_over.extend(reasons)
         return runner, i
     tried = spec.device[start:]
     if not tried:
         raise ModelLoadError(f"{where}: no device left to fall back to (device = {list(spec.device)})")
     raise ModelLoadError(f"{where}: no device could run {spec.model}: " + "; ".join(reasons))
+
+
+def check_fit(spec: Pipeline, runner: Runner) -> None:
+    """What the config says against the model it names: one input, a window that fills it, as
+    many labels as classes. Raises ``ConfigError`` naming the key (found at ``--check``, not at
+    the first frame)."""
+    import numpy as np
+
+    where = f"pipelines.{spec.name}"
+    if len(runner.inputs) != 1:
+        raise ConfigError(
+            f"{where}.model: a pipeline feeds a single-input model; {spec.model} has {len(runner.inputs)}"
+        )
+    shape = runner.inputs[0].shape
+    size = int(np.prod(shape))
+    window = spec.window if spec.window is not None else (shape[1] if len(shape) >= 2 else None)
+    if window is None:
+        raise ConfigError(f"{where}.window: cannot be taken from input shape {shape}: set it")
+    if size % window:
+        raise ConfigError(
+            f"{where}.window: a window of {window} samples cannot fill the input of {spec.model.name}, "
+            f"shape {shape} ({size} values are not a whole number of samples)"
+        )
+    classes = int(np.prod(runner.outputs[0].shape))
+    if spec.labels is not None and len(spec.labels) != classes:
+        raise ConfigError(
+            f"{where}.labels: {len(spec.labels)} labels for {spec.model.name}, which has {classes} classes"
+        )
 
 
 class Worker:
