@@ -960,7 +960,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         default=None,
         help="run the pipelines of this config until SIGTERM/SIGINT (systemd Type=notify; SIGHUP reloads "
-        "the config and models without losing a result, and reopens JSON lines files)",
+        "the config and models without losing a result, and reopens JSON lines files); logs at the "
+        "config's log_level unless --log-level or -v is given",
     )
     p.add_argument(
         "--check",
