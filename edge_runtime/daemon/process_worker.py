@@ -234,6 +234,39 @@ class _ChildRun:
             self.send("end", error)
 
 
+class _Spawning:
+    """While a child is being started, the service's SIGTERM/SIGINT handler must not raise into
+    ``Process.start()``: the child would read half its start-up data and print a traceback.
+    ``held`` is set by the handler instead, and raised when the start is done."""
+
+    active = False
+    held: BaseException | None = None
+
+
+_SPAWNING = _Spawning()
+
+
+class spawning:
+    """Context: defer a stop raised by a signal handler until the child is started."""
+
+    def __enter__(self) -> None:
+        _SPAWNING.active, _SPAWNING.held = True, None
+
+    def __exit__(self, *exc: object) -> None:
+        _SPAWNING.active = False
+        held, _SPAWNING.held = _SPAWNING.held, None
+        if held is not None and exc[0] is None:
+            raise held
+
+
+def defer_while_spawning(error: BaseException) -> bool:
+    """For the signal handler: True if ``error`` was held (raised after the start), else False."""
+    if _SPAWNING.active:
+        _SPAWNING.held = error
+        return True
+    return False
+
+
 def _level() -> int:
     """The parent's log level, for the child's own logging."""
     return logging.getLogger("edge_runtime").getEffectiveLevel()
@@ -288,7 +321,8 @@ class ProcessWorker:
             name=f"edge-runtime-{spec.name}",
             daemon=True,
         )
-        self.process.start()
+        with spawning():  # a SIGTERM now waits until the child has its whole start-up data
+            self.process.start()
         child_conn.close()
         try:
             if not self._conn.poll(LOAD_TIMEOUT_S):

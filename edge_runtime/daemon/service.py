@@ -52,7 +52,7 @@ from ..runner import Runner
 from .config import Config, ConfigError, Pipeline, load_config
 from .metrics import HttpEndpoint, Metrics
 from .notify import Notifier
-from .process_worker import ProcessWorker
+from .process_worker import ProcessWorker, defer_while_spawning
 from .sinks import JsonlSink
 from .worker import Loader, ResultSink, Worker, give_back_freed_memory, load_on_devices, share_of_cores, why
 
@@ -716,7 +716,9 @@ class Service:
             self._wake.set()
             if self._starting:
                 self._starting = False  # raised once: the clean-up in start() is not interrupted again
-                raise StoppedDuringStart(name)
+                stopped = StoppedDuringStart(name)
+                if not defer_while_spawning(stopped):
+                    raise stopped
 
         def on_hup(signum: int, frame: FrameType | None) -> None:
             self._hup.set()
