@@ -38,7 +38,7 @@ from typing import Any
 
 from ..errors import EdgeRuntimeError, ModelLoadError
 from .config import Pipeline
-from .worker import ResultSink, why
+from .worker import ResultSink, pipeline_state, why
 
 log = logging.getLogger("edge_runtime.daemon")
 
@@ -153,11 +153,7 @@ class _ChildRun:
         if now - self.last_beat_sent < BEAT_EVERY_S:
             return
         self.last_beat_sent = now
-        w = self.worker
-        st = w.stream.source.stats
-        dec = st.decoder
-        bad = dec.crc_errors + dec.malformed + dec.oversize if dec is not None else 0
-        self.send("beat", st.frames, w.stream.stats.dropped, bad, w.stream.queue_depth)
+        self.send("beat", *self.worker.counters())
 
     def _commands(self) -> None:
         from ..stream.preprocess import Preprocess
@@ -480,16 +476,5 @@ class ProcessWorker:
         self._conn.close()
 
     def state(self, now: float, stuck_after: float) -> tuple[str, str]:
-        """(state, why): failed, ended, hung, stalled, degraded or running."""
-        if self.error is not None:
-            return "failed", why(self.error)
-        if self.done:
-            return "ended", "its source ended"
-        age = now - self.last_beat
-        if age > stuck_after and not self.recovering:
-            if self.writing:
-                return "stalled", f"writing a result to its sinks has not returned for {age:.1f} s"
-            return "hung", f"inference on {self.device} has not returned for {age:.1f} s"
-        if self.degraded:
-            return "degraded", self.degraded
-        return "running", ""
+        """(state, why): see ``pipeline_state``."""
+        return pipeline_state(self, now, stuck_after)

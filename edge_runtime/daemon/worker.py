@@ -182,6 +182,24 @@ def check_fit(spec: Pipeline, runner: Runner) -> None:
         )
 
 
+def pipeline_state(w: Any, now: float, stuck_after: float) -> tuple[str, str]:
+    """(state, why) of a pipeline on a thread (``Worker``) or in a process (``ProcessWorker``):
+    failed, ended, hung, stalled (its loop is inside a sink's write), degraded (on a later
+    device than its first choice) or running. ``now`` and ``stuck_after`` in seconds."""
+    if w.error is not None:
+        return "failed", why(w.error)
+    if w.done:
+        return "ended", "its source ended"
+    age = now - w.last_beat
+    if age > stuck_after and not w.recovering:
+        if w.writing:
+            return "stalled", f"writing a result to its sinks has not returned for {age:.1f} s"
+        return "hung", f"inference on {w.device} has not returned for {age:.1f} s"
+    if w.degraded:
+        return "degraded", w.degraded
+    return "running", ""
+
+
 class Worker:
     """One pipeline at run time. Made by the service; ``start()`` runs it on its own thread."""
 
@@ -288,19 +306,8 @@ class Worker:
         return True
 
     def state(self, now: float, stuck_after: float) -> tuple[str, str]:
-        """(state, why): failed, ended, hung, stalled, degraded or running."""
-        if self.error is not None:
-            return "failed", why(self.error)
-        if self.done:
-            return "ended", "its source ended"
-        age = now - self.last_beat
-        if age > stuck_after and not self.recovering:
-            if self.writing:
-                return "stalled", f"writing a result to its sinks has not returned for {age:.1f} s"
-            return "hung", f"inference on {self.device} has not returned for {age:.1f} s"
-        if self.degraded:
-            return "degraded", self.degraded
-        return "running", ""
+        """(state, why): see ``pipeline_state``."""
+        return pipeline_state(self, now, stuck_after)
 
     def close(self) -> None:
         """Release the runner(s) this worker holds. Not for an abandoned worker (its call still runs)."""
