@@ -124,29 +124,7 @@ class _ChildRun:
         return load_on_devices(load, spec, start, cache_dir=self.cache_dir, default_threads=self.default_threads)
 
     def _recover(self, w: Any, exc: BaseException, runner: Any) -> Any:
-        log.error("edge_runtime: pipeline %s: inference failed on %s: %s", w.name, runner.device, why(exc))
-        self.send("device_error", runner.device)
-        if w.spec.on_device_error == "fail":
-            return None
-        self.send("recovering", True)
-        try:
-            new, index = self._load(w.spec, w.device_index + 1)
-        except EdgeRuntimeError as err:
-            log.error("edge_runtime: pipeline %s: no device to fall back to: %s", w.name, why(err))
-            return None
-        finally:
-            self.send("recovering", False)
-        w.runner, w.device_index = new, index
-        w.fallbacks += 1
-        reason = f"inference failed on {runner.device}: {why(exc)}"
-        w.degraded = f"fell back from {runner.device} to {new.device}: {reason}"
-        log.warning("edge_runtime: pipeline %s: %s", w.name, w.degraded)
-        self.send("moved", runner.device, new.device, index, w.degraded)
-        try:
-            runner.close()
-        except Exception:  # noqa: BLE001 - a broken device may fail to let go too
-            pass
-        return new
+        return w.fall_back(exc, runner, self._load, self.send)
 
     def _beat(self) -> None:
         now = time.monotonic()

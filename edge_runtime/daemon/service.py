@@ -349,26 +349,16 @@ class Service:
     # -- device trouble ------------------------------------------------------------
     def _recover(self, w: Worker, exc: BaseException, runner: Runner) -> Runner | None:
         """On the pipeline's thread, when its runner raised: the next device, or None (fail)."""
-        log.error("edge_runtime: pipeline %s: inference failed on %s: %s", w.name, runner.device, why(exc))
-        if self.metrics is not None:
-            self.metrics.device_errors.labels(w.name, runner.device).inc()
-        if w.spec.on_device_error == "fail":
-            return None
-        w.recovering = True
-        try:
-            new, index = self._load(w.spec, w.device_index + 1)
-        except EdgeRuntimeError as err:
-            log.error("edge_runtime: pipeline %s: no device to fall back to: %s", w.name, why(err))
-            return None
-        finally:
-            w.recovering = False
-            w.last_beat = time.monotonic()
-        self._moved(w, runner, new, index, f"inference failed on {runner.device}: {why(exc)}")
-        try:
-            runner.close()
-        except Exception as err:  # noqa: BLE001 - a broken device may fail to let go too
-            log.warning("edge_runtime: pipeline %s: closing %s failed: %s", w.name, runner.device, why(err))
-        return new
+
+        def report(kind: str, *args: Any) -> None:
+            if self.metrics is None:
+                return
+            if kind == "device_error":
+                self.metrics.device_errors.labels(w.name, args[0]).inc()
+            elif kind == "moved":
+                self.metrics.moved(w.name, args[0], args[1], w.passed_over())
+
+        return w.fall_back(exc, runner, self._load, report)
 
     def _moved(self, w: Worker, old: Runner, new: Runner, index: int, reason: str) -> None:
         w.runner, w.device_index = new, index

@@ -256,6 +256,46 @@ class Worker:
         """The device of the runner now in use."""
         return self.stream.model.device
 
+    def fall_back(
+        self,
+        exc: BaseException,
+        runner: Runner,
+        load: Callable[[Pipeline, int], tuple[Runner, int]],
+        report: Callable[..., None],
+    ) -> Runner | None:
+        """After ``runner`` raised ``exc`` (on this pipeline's thread): the runner of the next
+        device of the list, loaded by ``load(spec, start)``; None when ``on_device_error`` is
+        ``fail`` or no device is left. ``report(kind, *args)`` hears of ``device_error``
+        (device), ``recovering`` (True, then False) and ``moved`` (old, new, index, why); the
+        failed runner is closed here."""
+        log.error("edge_runtime: pipeline %s: inference failed on %s: %s", self.name, runner.device, why(exc))
+        report("device_error", runner.device)
+        if self.spec.on_device_error == "fail":
+            return None
+        self.recovering = True
+        report("recovering", True)
+        try:
+            new, index = load(self.spec, self.device_index + 1)
+        except EdgeRuntimeError as err:
+            log.error("edge_runtime: pipeline %s: no device to fall back to: %s", self.name, why(err))
+            return None
+        finally:
+            self.recovering = False
+            self.last_beat = time.monotonic()
+            report("recovering", False)
+        self.runner, self.device_index = new, index
+        self.fallbacks += 1
+        self.degraded = (
+            f"fell back from {runner.device} to {new.device}: inference failed on {runner.device}: {why(exc)}"
+        )
+        log.warning("edge_runtime: pipeline %s: %s", self.name, self.degraded)
+        report("moved", runner.device, new.device, index, self.degraded)
+        try:
+            runner.close()
+        except Exception as err:  # noqa: BLE001 - a broken device may fail to let go too
+            log.warning("edge_runtime: pipeline %s: closing %s failed: %s", self.name, runner.device, why(err))
+        return new
+
     def passed_over(self) -> int:
         """Devices passed over at load, plus those left at run time."""
         return len(self.runner.attempts) + self.fallbacks
