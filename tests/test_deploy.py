@@ -49,3 +49,5 @@ def test_the_unit_is_hardened_and_notifies() -> None:
     assert {keys["StateDirectory"], keys["CacheDirectory"], keys["LogsDirectory"]} == {"edge-runtime"}
     assert keys["Restart"] == "on-failure" and int(keys["StartLimitBurst"]) > 0
     assert keys["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    # Below the default of other services (100): a saturated daemon must not starve sshd.
+    assert 1 <= int(keys["CPUWeight"]) < 100
