@@ -711,7 +711,9 @@ def run_phase(args: argparse.Namespace, plan: ModelPlan, device: str, kind: str,
                 if now >= next_progress:
                     total = sum(c.update() for c in counters)
                     extra = (
-                        f", reloads {ok}/{n_reloads}" + (f" ({failed} failed)" if failed else "") if n_reloads else ""
+                        f", reloads {ok}/{n_reloads + warmup_reloads}" + (f" ({failed} failed)" if failed else "")
+                        if n_reloads
+                        else ""
                     )
                     progress(device, kind, t0, warm_at, end_at, total, rss_kib(d.pid), extra)
                     next_progress += PROGRESS_S
