@@ -17,6 +17,7 @@ from conftest import MODELS
 from edge_runtime import load
 from edge_runtime.daemon.config import load_config
 from edge_runtime.daemon.notify import Notifier
+from edge_runtime.daemon.process_worker import ProcessWorker
 from edge_runtime.daemon.service import Service
 from edge_runtime.daemon.worker import Worker
 from edge_runtime.errors import InferenceError
@@ -58,6 +59,18 @@ def loader_failing_on(device: str, at: int, mode: str, release: threading.Event)
         return Failing(runner, at, mode, release) if request == device else runner
 
     return loader
+
+
+class FailingLoader:
+    """``edge_runtime.load``, with the runner of ``device`` made to raise from its ``at``-th call.
+    A module-level class, so that a pipeline's process can be sent it (by pickling)."""
+
+    def __init__(self, device: str, at: int) -> None:
+        self.device, self.at = device, at
+
+    def __call__(self, path: Any, request: str, **options: Any) -> Any:
+        runner = load(path, request, **options)
+        return Failing(runner, self.at, "raise", threading.Event()) if request == self.device else runner
 
 
 def write_config(tmp_path: Path, source: str, extra: str = "") -> Path:
@@ -134,6 +147,24 @@ def test_an_error_on_the_device_falls_back_and_reruns_the_same_window(tmp_path: 
     assert 'edge_runtime_device_errors_total{device="litert:cpu",pipeline="imu"} 1.0' in text
     assert 'edge_runtime_device_info{device="openvino:CPU",pipeline="imu"} 1.0' in text
     assert 'edge_runtime_device_info{device="litert:cpu"' not in text
+
+
+def test_an_error_in_a_pipeline_process_falls_back_there_and_reruns_the_same_window(tmp_path: Path) -> None:
+    # As above, with the pipeline in a process of its own: the child recovers and tells the parent.
+    path = write_config(tmp_path, "synthetic:sine?channels=6&count=400&speed=max")
+    path.write_text(path.read_text().replace("[daemon]\n", '[daemon]\npipelines_in = "processes"\n'))
+    service = Service(load_config(path), Notifier(None), loader=FailingLoader("litert:cpu", 10))
+    assert Serving(service).join() == 0
+    got = records(tmp_path / "imu.jsonl")
+    assert [r["window_index"] for r in got] == list(range(40)), "no window lost or repeated"
+    assert [r["device"] for r in got] == ["litert:cpu"] * 9 + ["openvino:CPU"] * 31
+    w = service.workers[0]
+    assert isinstance(w, ProcessWorker) and w.fallbacks == 1 and w.device == "openvino:CPU"
+    assert w.degraded.startswith("fell back from litert:cpu to openvino:CPU: inference failed on litert:cpu")
+    assert service.metrics is not None
+    text = service.metrics.text().decode()
+    assert 'edge_runtime_device_errors_total{device="litert:cpu",pipeline="imu"} 1.0' in text
+    assert 'edge_runtime_device_info{device="openvino:CPU",pipeline="imu"} 1.0' in text
 
 
 def test_with_on_device_error_fail_the_pipeline_fails(tmp_path: Path, release: threading.Event) -> None:

@@ -56,8 +56,10 @@ def _child(
     default_threads: int | None,
     start: int,
     log_level: int,
+    loader: Any = None,
 ) -> None:
-    """The child process's main: load, wait for ``go``, stream, obey the parent's commands."""
+    """The child process's main: load, wait for ``go``, stream, obey the parent's commands.
+    ``loader``: the service's (pickled by reference; None: ``edge_runtime.load``)."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     from ..cli import _LogFormat  # the parent's line format: one journal, one look
@@ -66,9 +68,10 @@ def _child(
     handler.setFormatter(_LogFormat())
     logging.basicConfig(level=log_level, handlers=[handler])
     logging.getLogger("edge_runtime").setLevel(log_level)
-    from ..loader import load
     from .worker import load_on_devices
 
+    if loader is None:
+        from ..loader import load as loader
     send_lock = threading.Lock()
 
     def send(*msg: Any) -> None:
@@ -76,7 +79,7 @@ def _child(
             conn.send(msg)
 
     try:
-        runner, index = load_on_devices(load, spec, start, cache_dir=cache_dir, default_threads=default_threads)
+        runner, index = load_on_devices(loader, spec, start, cache_dir=cache_dir, default_threads=default_threads)
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent, which decides
         send("failed", why(exc))
         return
@@ -85,7 +88,7 @@ def _child(
     if command[0] != "go":
         runner.close()
         return
-    _ChildRun(conn, send, spec, runner, index, cache_dir, default_threads).serve()
+    _ChildRun(conn, send, spec, runner, index, cache_dir, default_threads, loader).serve()
 
 
 class _ChildRun:
@@ -100,11 +103,12 @@ class _ChildRun:
         index: int,
         cache_dir: Path,
         default_threads: int | None,
+        loader: Any,
     ) -> None:
         from .worker import Worker
 
         self.conn, self.send, self.spec = conn, send, spec
-        self.cache_dir, self.default_threads = cache_dir, default_threads
+        self.cache_dir, self.default_threads, self.loader = cache_dir, default_threads, loader
         self.prepared: tuple[Pipeline, Any, int] | None = None
         self.last_beat_sent = 0.0
         from ..stream.sources import is_serial, open_source
@@ -118,10 +122,9 @@ class _ChildRun:
         self.worker = Worker(spec, runner, index, source, [], recover=self._recover)
 
     def _load(self, spec: Pipeline, start: int) -> tuple[Any, int]:
-        from ..loader import load
         from .worker import load_on_devices
 
-        return load_on_devices(load, spec, start, cache_dir=self.cache_dir, default_threads=self.default_threads)
+        return load_on_devices(self.loader, spec, start, cache_dir=self.cache_dir, default_threads=self.default_threads)
 
     def _recover(self, w: Any, exc: BaseException, runner: Any) -> Any:
         return w.fall_back(exc, runner, self._load, self.send)
@@ -251,7 +254,9 @@ class ProcessWorker:
     """The parent's side of a pipeline in a child process; the same face to the service as ``Worker``.
 
     Construction starts the child and waits until it has loaded and warmed the model (or
-    raises ``ModelLoadError`` with the child's reason); ``start()`` lets it stream.
+    raises ``ModelLoadError`` with the child's reason); ``start()`` lets it stream. ``loader``:
+    how the child loads models, sent to it by pickling (a module-level function, or an
+    instance of a module-level class; default ``edge_runtime.load``).
     """
 
     def __init__(
@@ -264,6 +269,7 @@ class ProcessWorker:
         start_index: int = 0,
         on_result: Callable[[Any, int, float], None] | None = None,
         on_event: Callable[[ProcessWorker, str, tuple[Any, ...]], None] | None = None,
+        loader: Any = None,
     ) -> None:
         self.spec = spec
         self.sinks: Sequence[ResultSink] = list(sinks)
@@ -291,7 +297,7 @@ class ProcessWorker:
         self._conn, child_conn = ctx.Pipe()
         self.process = ctx.Process(
             target=_child,
-            args=(child_conn, spec, cache_dir, default_threads, start_index, _level()),
+            args=(child_conn, spec, cache_dir, default_threads, start_index, _level(), loader),
             name=f"edge-runtime-{spec.name}",
             daemon=True,
         )

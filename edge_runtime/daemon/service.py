@@ -54,7 +54,16 @@ from .metrics import HttpEndpoint, Metrics
 from .notify import Notifier
 from .process_worker import ProcessWorker, defer_while_spawning
 from .sinks import JsonlSink
-from .worker import Loader, ResultSink, Worker, give_back_freed_memory, load_on_devices, share_of_cores, why
+from .worker import (
+    Loader,
+    ResultSink,
+    Worker,
+    give_back_freed_memory,
+    load_on_devices,
+    note_fallback,
+    share_of_cores,
+    why,
+)
 
 log = logging.getLogger("edge_runtime.daemon")
 
@@ -90,7 +99,8 @@ class Service:
     """The pipelines of one config. ``start()`` loads; ``run()`` serves until stopped.
 
     ``loader``: how models are loaded (default ``edge_runtime.load``; tests pass one that
-    wraps it, to play a device that fails).
+    wraps it, to play a device that fails). Pipelines in processes get it by pickling: a
+    module-level function, or an instance of a module-level class.
     """
 
     def __init__(self, config: Config, notifier: Notifier | None = None, *, loader: Loader | None = None) -> None:
@@ -179,6 +189,7 @@ class Service:
             start_index=start,
             on_result=self._observe if self.metrics is not None else None,
             on_event=self._event,
+            loader=self.loader,
         )
         log.info("edge_runtime: pipeline %s: %s from %s", spec.name, w.describe(), spec.source)
         return w
@@ -360,13 +371,11 @@ class Service:
 
         return w.fall_back(exc, runner, self._load, report)
 
-    def _moved(self, w: Worker, old: Runner, new: Runner, index: int, reason: str) -> None:
-        w.runner, w.device_index = new, index
-        w.fallbacks += 1
-        w.degraded = f"fell back from {old.device} to {new.device}: {reason}"
-        log.warning("edge_runtime: pipeline %s: %s", w.name, w.degraded)
+    def _moved(self, w: AnyWorker, old: str, new: str, reason: str) -> None:
+        """``w`` now runs on ``new`` instead of ``old`` because of ``reason``: recorded and counted."""
+        note_fallback(w, old, new, reason)
         if self.metrics is not None:
-            self.metrics.moved(w.name, old.device, new.device, w.passed_over())
+            self.metrics.moved(w.name, old, new, w.passed_over())
 
     def _fall_back_from_hang(self, w: AnyWorker, age: float) -> bool:
         """Replace a worker whose inference hangs by one on the next device. True if done."""
@@ -396,7 +405,7 @@ class Service:
             log.error("edge_runtime: pipeline %s: no device to fall back to: %s", w.name, why(err))
             return True
         nw.fallbacks, nw.results = w.fallbacks, w.results
-        self._moved(nw, hung, new, index, f"inference on {hung.device} hung for {age:.1f} s")
+        self._moved(nw, hung.device, new.device, f"inference on {hung.device} hung for {age:.1f} s")
         self._abandoned.append(w)
         if self.metrics is not None:
             self.metrics.device_errors.labels(w.name, hung.device).inc()
@@ -424,11 +433,8 @@ class Service:
             return True
         with self._lock:
             self.workers[self.workers.index(w)] = nw
-        nw.fallbacks, nw.results = w.fallbacks + 1, w.results
-        nw.degraded = f"fell back from {hung} to {nw.device}: inference on {hung} hung for {age:.1f} s"
-        log.warning("edge_runtime: pipeline %s: %s", nw.name, nw.degraded)
-        if self.metrics is not None:
-            self.metrics.moved(nw.name, hung, nw.device, nw.passed_over())
+        nw.fallbacks, nw.results = w.fallbacks, w.results
+        self._moved(nw, hung, nw.device, f"inference on {hung} hung for {age:.1f} s")
         w.close()
         nw.start()
         return True

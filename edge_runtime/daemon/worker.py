@@ -182,6 +182,14 @@ def check_fit(spec: Pipeline, runner: Runner) -> None:
         )
 
 
+def note_fallback(w: Any, old: str, new: str, reason: str) -> None:
+    """Worker ``w`` (either kind) left device ``old`` for ``new`` because of ``reason``: one more
+    fallback, ``degraded`` says so, and a warning is logged. Whoever moved it swaps the runner."""
+    w.fallbacks += 1
+    w.degraded = f"fell back from {old} to {new}: {reason}"
+    log.warning("edge_runtime: pipeline %s: %s", w.name, w.degraded)
+
+
 def pipeline_state(w: Any, now: float, stuck_after: float) -> tuple[str, str]:
     """(state, why) of a pipeline on a thread (``Worker``) or in a process (``ProcessWorker``):
     failed, ended, hung, stalled (its loop is inside a sink's write), degraded (on a later
@@ -284,11 +292,7 @@ class Worker:
             self.last_beat = time.monotonic()
             report("recovering", False)
         self.runner, self.device_index = new, index
-        self.fallbacks += 1
-        self.degraded = (
-            f"fell back from {runner.device} to {new.device}: inference failed on {runner.device}: {why(exc)}"
-        )
-        log.warning("edge_runtime: pipeline %s: %s", self.name, self.degraded)
+        note_fallback(self, runner.device, new.device, f"inference failed on {runner.device}: {why(exc)}")
         report("moved", runner.device, new.device, index, self.degraded)
         try:
             runner.close()
