@@ -69,6 +69,8 @@ def test_the_shortest_soak_measures_both_phases_and_checks_every_window(tmp_path
     bare = meta["bare_inference_us"]["litert:cpu"]
     assert bare["error"] is None and 0 < bare["min"] <= bare["median"] <= bare["max"]
     assert len(bare["per_pass"]) == 5
+    cap = doc["ratio_caps_from_cores"]["litert:cpu"]
+    assert cap == pytest.approx(min(2.0, meta["usable_cores"] / one["cpu_cores"]), abs=0.01)
     share = doc["inference_share_of_a_result"]["litert:cpu"]
     assert share == pytest.approx(bare["median"] * 1e-6 * one["results_per_s_total"], abs=2e-3)
     # On a shared machine only throughput and memory may miss their targets; correctness may not.
