@@ -5,6 +5,10 @@ runner that wraps a real one and raises, or hangs, on its Nth streaming call."""
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +22,7 @@ from edge_runtime import load
 from edge_runtime.daemon.config import load_config
 from edge_runtime.daemon.notify import Notifier
 from edge_runtime.daemon.process_worker import ProcessWorker
-from edge_runtime.daemon.service import Service
+from edge_runtime.daemon.service import Service, StoppedDuringStart
 from edge_runtime.daemon.worker import Worker
 from edge_runtime.errors import InferenceError
 
@@ -71,6 +75,18 @@ class FailingLoader:
     def __call__(self, path: Any, request: str, **options: Any) -> Any:
         runner = load(path, request, **options)
         return Failing(runner, self.at, "raise", threading.Event()) if request == self.device else runner
+
+
+class SigtermWhilePickled:
+    """``edge_runtime.load``, as a loader that sends this process SIGTERM while it is pickled for a
+    pipeline's process: that is, from inside ``Process.start()``."""
+
+    def __call__(self, path: Any, request: str, **options: Any) -> Any:
+        return load(path, request, **options)
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return (SigtermWhilePickled, ())
 
 
 def write_config(tmp_path: Path, source: str, extra: str = "") -> Path:
@@ -165,6 +181,54 @@ def test_an_error_in_a_pipeline_process_falls_back_there_and_reruns_the_same_win
     text = service.metrics.text().decode()
     assert 'edge_runtime_device_errors_total{device="litert:cpu",pipeline="imu"} 1.0' in text
     assert 'edge_runtime_device_info{device="openvino:CPU",pipeline="imu"} 1.0' in text
+
+
+def test_sigterm_while_a_pipeline_process_starts_leaves_no_process_behind(tmp_path: Path) -> None:
+    # The stop is held until Process.start() is done, then raised: the started child must be
+    # killed with it (it ignores SIGTERM, and waiting for "go" it would outlive the service).
+    path = write_config(tmp_path, "synthetic:sine?channels=6&rate=100")
+    path.write_text(path.read_text().replace("[daemon]\n", '[daemon]\npipelines_in = "processes"\n'))
+    before = set(multiprocessing.active_children())
+    previous = signal.getsignal(signal.SIGTERM)
+    service = Service(load_config(path), Notifier(None), loader=SigtermWhilePickled())
+    with pytest.raises(StoppedDuringStart):
+        service.start()
+    assert set(multiprocessing.active_children()) == before, "the started child was not ended"
+    assert service.workers == [] and signal.getsignal(signal.SIGTERM) is previous
+
+
+class SigtermOn(logging.Handler):
+    """Sends this process SIGTERM when a log message contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_after_a_pipeline_process_loaded_leaves_no_process_behind(tmp_path: Path) -> None:
+    # The handler raises between the line that logs the loaded pipeline and the one that adds its
+    # worker to the service: the service must still end that child.
+    path = write_config(tmp_path, "synthetic:sine?channels=6&rate=100")
+    path.write_text(path.read_text().replace("[daemon]\n", '[daemon]\npipelines_in = "processes"\n'))
+    before = set(multiprocessing.active_children())
+    service = Service(load_config(path), Notifier(None))
+    trigger = SigtermOn("pipeline imu: ")
+    logger = logging.getLogger("edge_runtime")
+    logger.addHandler(trigger)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.raises(StoppedDuringStart):
+            service.start()
+    finally:
+        logger.removeHandler(trigger)
+        logger.setLevel(level)
+    assert service.workers == [], "stopped before the worker was added"
+    assert set(multiprocessing.active_children()) == before, "the loaded child was not ended"
 
 
 def test_with_on_device_error_fail_the_pipeline_fails(tmp_path: Path, release: threading.Event) -> None:

@@ -31,7 +31,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableSet, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -256,7 +256,10 @@ class ProcessWorker:
     Construction starts the child and waits until it has loaded and warmed the model (or
     raises ``ModelLoadError`` with the child's reason); ``start()`` lets it stream. ``loader``:
     how the child loads models, sent to it by pickling (a module-level function, or an
-    instance of a module-level class; default ``edge_runtime.load``).
+    instance of a module-level class; default ``edge_runtime.load``). ``registry``: the
+    owner's set of live workers, which this one joins as soon as its child is started and
+    leaves on ``close()``, so that a stop raised anywhere (a SIGTERM handler raises between
+    any two lines of Python) cannot leave a child behind.
     """
 
     def __init__(
@@ -270,8 +273,10 @@ class ProcessWorker:
         on_result: Callable[[Any, int, float], None] | None = None,
         on_event: Callable[[ProcessWorker, str, tuple[Any, ...]], None] | None = None,
         loader: Any = None,
+        registry: MutableSet[ProcessWorker] | None = None,
     ) -> None:
         self.spec = spec
+        self._registry = registry
         self.sinks: Sequence[ResultSink] = list(sinks)
         self.results = 0
         self.discarded = 0
@@ -301,8 +306,15 @@ class ProcessWorker:
             name=f"edge-runtime-{spec.name}",
             daemon=True,
         )
-        with spawning():  # a SIGTERM now waits until the child has its whole start-up data
-            self.process.start()
+        try:
+            with spawning():  # a SIGTERM now waits until the child has its whole start-up data
+                self.process.start()
+                if registry is not None:  # from here the owner can end the child, whatever is raised
+                    registry.add(self)
+        except BaseException:  # that SIGTERM, raised once the child is started: the child goes too
+            child_conn.close()  # (left running, it waited for "go" forever, and at exit
+            self.close()  # multiprocessing joined it forever: it ignores SIGTERM)
+            raise
         child_conn.close()
         try:
             if not self._conn.poll(LOAD_TIMEOUT_S):
@@ -454,9 +466,12 @@ class ProcessWorker:
     def close(self) -> None:
         """Release the child (killed if still running) and the pipe. Safe to call twice."""
         self._stopping = True
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(10)
+        if self._registry is not None:
+            self._registry.discard(self)
+        if self.process.pid is not None:  # started
+            if self.process.is_alive():
+                self.process.kill()
+            self.process.join(10)
         self._conn.close()
 
     def state(self, now: float, stuck_after: float) -> tuple[str, str]:

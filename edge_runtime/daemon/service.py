@@ -42,6 +42,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import FrameType, SimpleNamespace
@@ -129,6 +130,8 @@ class Service:
         self._period = 1.0  # seconds between the main loop's turns
         self._last_turn = time.monotonic()
         self.in_processes = self._in_processes(config)
+        # Every pipeline process started and not yet closed (weak: a closed one leaves it anyway)
+        self._children: weakref.WeakSet[ProcessWorker] = weakref.WeakSet()
 
     @staticmethod
     def _in_processes(config: Config) -> bool:
@@ -190,6 +193,7 @@ class Service:
             on_result=self._observe if self.metrics is not None else None,
             on_event=self._event,
             loader=self.loader,
+            registry=self._children,
         )
         log.info("edge_runtime: pipeline %s: %s from %s", spec.name, w.describe(), spec.source)
         return w
@@ -742,6 +746,8 @@ class Service:
             self.http = None
         for w in self.workers:
             w.close()
+        for child in list(self._children):  # started, but stopped before it was in self.workers
+            child.close()
         self._settle()
         for p in self._pending:
             for sw in p.swaps:
