@@ -7,6 +7,7 @@ and LiteRT's flatbuffer verifier runs on exactly what was checked.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,10 @@ READERS: dict[str, tuple[str, ...]] = {
     OPENVINO_IR: ("openvino",),
     ONNX: ("openvino",),
 }
+
+#: The largest model file read (bytes, 1 GiB): checked on the file's size before it is read,
+#: so a wrong path to a disk image or a runaway download is refused, not read into memory.
+MAX_MODEL_BYTES = 1 << 30
 
 _TFLITE_IDENTIFIER = b"TFL3"
 _MIN_TFLITE_BYTES = 16  # root offset (4) + identifier (4) + the smallest table
@@ -58,6 +63,11 @@ def read_model_file(path: str | Path) -> ModelSource:
             "is a directory without bundle.json: not a model file, nor an early-exit bundle", path=where
         )
     try:
+        size = p.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise ModelFileError(
+                f"{size:,} bytes, more than the {MAX_MODEL_BYTES:,}-byte limit for a model file", path=where
+            )
         content = p.read_bytes()
     except FileNotFoundError:
         raise ModelFileError("no such file", path=where) from None
@@ -113,7 +123,31 @@ def _read_ir(p: Path, content: bytes) -> ModelSource:
         ) from None
     except OSError as exc:
         raise ModelFileError(f"cannot read weights {bin_path}: {exc.strerror or exc}", path=str(p)) from exc
+    needed = _ir_weights_needed(content)
+    if needed > len(weights):
+        raise ModelFileError(
+            f"OpenVINO IR weights {bin_path.name} hold {len(weights):,} bytes, the .xml reads up to byte {needed:,}"
+            " (a truncated or mismatched .bin)",
+            path=str(p),
+        )
     return ModelSource(p, OPENVINO_IR, content, weights)
+
+
+_IR_DATA = re.compile(rb"<data\b([^>]*)>")
+_IR_OFFSET = re.compile(rb'\boffset="(\d+)"')
+_IR_SIZE = re.compile(rb'\bsize="(\d+)"')
+
+
+def _ir_weights_needed(xml: bytes) -> int:
+    """The end of the furthest weights slice the IR's layers read (``<data offset= size=>`` of
+    its Const layers), in bytes of the .bin; 0 when none. A scan, not an XML parse: nothing in
+    the file is expanded or resolved."""
+    needed = 0
+    for m in _IR_DATA.finditer(xml):
+        off, size = _IR_OFFSET.search(m.group(1)), _IR_SIZE.search(m.group(1))
+        if off is not None and size is not None:
+            needed = max(needed, int(off.group(1)) + int(size.group(1)))
+    return needed
 
 
 def _check_onnx(p: Path, content: bytes) -> ModelSource:

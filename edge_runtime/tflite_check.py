@@ -6,7 +6,8 @@ truncated model; OpenVINO's TFLite reader is not documented to verify either. Th
 walk follows every table, vector and string of the TFLite schema that an
 interpreter reads (model, operator codes, subgraphs, tensors, quantization,
 operators and their option tables, buffers, metadata, signatures), checks that each
-lies inside the file, and that tensor, buffer and opcode indices are in range.
+lies inside the file, that tensor, buffer and opcode indices are in range, and that the
+tensors' declared sizes fit a memory budget (``TENSOR_BUDGET_BYTES``).
 
 Walked in full: every table and vector named above, every string (which must also
 be UTF-8, as interpreters decode tensor names), and the index fields (tensor, buffer,
@@ -118,15 +119,42 @@ class _Table:
         return [int(_I32.unpack_from(self.r.buf, start + 4 * i)[0]) for i in range(n)]
 
 
-def check_tflite(content: bytes, path: str) -> None:
-    """Raise ``ModelFileError`` when ``content`` is not a structurally sound TFLite model."""
+#: Bytes per element of each TFLite TensorType (schema.fbs order; INT4 counted as 1 byte, as
+#: interpreters unpack it; a type this table does not know counts as 8 bytes).
+_TYPE_BYTES = (4, 2, 4, 1, 8, 8, 1, 2, 8, 1, 8, 16, 8, 8, 8, 4, 2, 1, 2)
+
+#: The most bytes the tensors of a model may declare together, by default (1 GiB). An
+#: interpreter allocates the non-constant ones at load: a flipped bit in a dimension can ask
+#: for terabytes (the OOM killer, or a crash), so that is refused here first.
+TENSOR_BUDGET_BYTES = 1 << 30
+
+
+def check_tflite(content: bytes, path: str, tensor_budget: int = TENSOR_BUDGET_BYTES) -> None:
+    """Raise ``ModelFileError`` when ``content`` is not a structurally sound TFLite model, or
+    when its tensors declare more than ``tensor_budget`` bytes together (dynamic dimensions,
+    -1, counted as 1)."""
     try:
-        _walk(_Reader(content))
+        declared = _walk(_Reader(content))
     except _Corrupt as exc:
         raise ModelFileError(f"truncated or corrupt TFLite model: {exc}", path=path) from None
+    if declared > tensor_budget:
+        raise ModelFileError(
+            f"its tensors declare {declared:,} bytes together, more than the memory budget of "
+            f"{tensor_budget:,} bytes (a corrupt dimension, or a model too large for this device)",
+            path=path,
+        )
 
 
-def _walk(r: _Reader) -> None:
+def _tensor_bytes(shape: list[int], tensor_type: int) -> int:
+    n = _TYPE_BYTES[tensor_type] if tensor_type < len(_TYPE_BYTES) else 8
+    for d in shape:
+        n *= max(d, 1)
+    return n
+
+
+def _walk(r: _Reader) -> int:
+    """Check the model; return the bytes its tensors declare together."""
+    declared = 0
     model = r.table(r.u32(0, "root offset"), "model")
     opcodes = model.tables(1, "operator_codes")
     for i, oc in enumerate(opcodes):
@@ -146,7 +174,7 @@ def _walk(r: _Reader) -> None:
         tensor_counts.append(len(tensors))
         for t, tensor in enumerate(tensors):
             where = f"subgraphs[{g}].tensors[{t}]"
-            tensor.ints(0, f"{where}.shape")
+            declared += _tensor_bytes(tensor.ints(0, f"{where}.shape"), tensor.scalar(1, _U8))
             tensor.ints(7, f"{where}.shape_signature")
             tensor.string(3, f"{where}.name")
             if tensor.scalar(2, _U32) >= max(len(buffers), 1):
@@ -192,3 +220,4 @@ def _walk(r: _Reader) -> None:
                 if tm.scalar(1, _U32) >= tensor_counts[graph]:
                     raise _Corrupt(f"signature_defs[{i}].{name}[{j}] names tensor {tm.scalar(1, _U32)}")
         sig.string(2, f"signature_defs[{i}].signature_key")
+    return declared

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import DATA, MLPERF_MODELS, SHIPPED, backend_available
+from conftest import DATA, MLPERF_MODELS, MODELS, SHIPPED, backend_available
 
 import edge_runtime as er
 
@@ -180,3 +180,62 @@ def test_unresolved_custom_op_on_auto_lists_every_backend_tried() -> None:
     tried = {a.split(":")[0] for a in info.value.attempts if "EdgeRuntimeTestOnlyOp" in a}
     expected = {b for b in ("litert", "openvino") if backend_available(b)}
     assert tried == expected, info.value.attempts
+
+
+DIGITS = MODELS / "digits_cnn_int8.tflite"
+
+
+def _with_dimension(content: bytes, value: int) -> bytes:
+    """``content`` with the second dimension of subgraph 0's first tensor set to ``value``."""
+    import struct
+
+    from edge_runtime.tflite_check import _Reader
+
+    r = _Reader(content)
+    tensor = r.table(r.u32(0, "root"), "model").tables(2, "subgraphs")[0].tables(0, "tensors")[0]
+    start, n = tensor.vector(0, 4, "shape")
+    assert n >= 2
+    out = bytearray(content)
+    struct.pack_into("<i", out, start + 4, value)
+    return bytes(out)
+
+
+def test_a_huge_declared_dimension_is_refused_before_any_interpreter(tmp_path: Path) -> None:
+    content = DIGITS.read_bytes()
+    p = _write(tmp_path, "huge.tflite", _with_dimension(content, 1 << 30))  # a flipped high bit
+    with pytest.raises(er.ModelFileError, match="more than the memory budget") as info:
+        er.load(p, "litert:cpu")
+    assert info.value.path == str(p) and "declare" in str(info.value)
+    # the same file with a sane dimension loads: the budget is what refused it
+    sane = _write(tmp_path, "sane.tflite", _with_dimension(content, _dimension(content)))
+    with er.load(sane, "litert:cpu") as model:
+        assert model.inputs
+
+
+def _dimension(content: bytes) -> int:
+    from edge_runtime.tflite_check import _Reader
+
+    r = _Reader(content)
+    tensor = r.table(r.u32(0, "root"), "model").tables(2, "subgraphs")[0].tables(0, "tensors")[0]
+    return tensor.ints(0, "shape")[1]
+
+
+def test_a_model_file_over_the_size_limit_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_runtime import model_file
+
+    monkeypatch.setattr(model_file, "MAX_MODEL_BYTES", 1000)
+    with pytest.raises(er.ModelFileError, match=r"bytes, more than the 1,000-byte limit") as info:
+        er.load(DIGITS)
+    assert info.value.path == str(DIGITS)
+
+
+def test_ir_with_a_truncated_bin_is_refused(tmp_path: Path, ir_model: Path) -> None:
+    xml = _write(tmp_path, "cut.xml", ir_model.read_bytes())
+    weights = ir_model.with_suffix(".bin").read_bytes()
+    _write(tmp_path, "cut.bin", weights[: len(weights) // 2])
+    with pytest.raises(er.ModelFileError, match=r"the .xml reads up to byte") as info:
+        er.load(xml, "openvino:CPU")
+    assert info.value.path == str(xml) and f"hold {len(weights) // 2:,} bytes" in str(info.value)
+    _write(tmp_path, "cut.bin", weights)  # whole again: it loads
+    with er.load(xml, "openvino:CPU") as model:
+        assert model.inputs
