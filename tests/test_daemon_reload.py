@@ -103,7 +103,7 @@ def test_sighup_swaps_models_without_losing_or_repeating_a_result(tmp_path: Path
     assert proc.returncode == 0, err[-3000:]
     assert "Traceback" not in err
     assert err.count("reload failed, the running config keeps serving") == 3, err
-    got = lines(imu)
+    got = lines(imu, final=True)
     assert [r["window_index"] for r in got] == list(range(len(got))), "no result lost or repeated by 5 reloads"
     devices = [r["device"] for r in got]
     first_ov, last_ov = devices.index("openvino:CPU"), len(devices) - 1 - devices[::-1].index("openvino:CPU")
@@ -200,7 +200,7 @@ def test_sigterm_or_sigint_while_serving_finishes_queued_windows(tmp_path: Path,
         systemd.wait_for("STOPPING")
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
-    got = lines(out)
+    got = lines(out, final=True)
     assert [r["window_index"] for r in got] == list(range(len(got)))
 
 

@@ -88,8 +88,15 @@ def serving(cfg: Path, systemd: Systemd, watchdog_usec: int = 400_000) -> Iterat
         systemd.sock.close()
 
 
-def lines(path: Path) -> list[dict[str, object]]:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+def lines(path: Path, final: bool = False) -> list[dict[str, object]]:
+    """The records of a JSON lines file. While the daemon writes it, the last line can be half
+    written: only complete lines (up to the last newline) are read. ``final``: the writer has
+    stopped, so a line without its newline is a torn record and fails the test."""
+    text = path.read_text() if path.exists() else ""
+    complete = text[: text.rfind("\n") + 1]
+    if final:
+        assert complete == text, f"{path} ends in a torn line: {text[len(complete) :][:200]!r}"
+    return [json.loads(x) for x in complete.splitlines()]
 
 
 def wait_until_lines(path: Path, n: int, timeout: float = 60) -> None:
@@ -132,7 +139,7 @@ sinks = ["jsonl:{tmp_path / "out" / "quiet.jsonl"}"]
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
     assert "Traceback" not in err
-    got = lines(tmp_path / "out" / "imu.jsonl.1") + lines(out)
+    got = lines(tmp_path / "out" / "imu.jsonl.1", final=True) + lines(out, final=True)
     assert [r["window_index"] for r in got] == list(range(len(got))), "block policy: no window lost or repeated"
     assert {r["pipeline"] for r in got} == {"imu"} and lines(tmp_path / "out" / "quiet.jsonl") == []
 
