@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import DATA, MLPERF_MODELS, MODELS, SHIPPED, backend_available
@@ -185,15 +186,19 @@ def test_unresolved_custom_op_on_auto_lists_every_backend_tried() -> None:
 DIGITS = MODELS / "digits_cnn_int8.tflite"
 
 
+def _first_tensor(content: bytes) -> Any:
+    """Subgraph 0's first tensor, as the structural check reads it."""
+    from edge_runtime.tflite_check import _Reader
+
+    r = _Reader(content)
+    return r.table(r.u32(0, "root"), "model").tables(2, "subgraphs")[0].tables(0, "tensors")[0]
+
+
 def _with_dimension(content: bytes, value: int) -> bytes:
     """``content`` with the second dimension of subgraph 0's first tensor set to ``value``."""
     import struct
 
-    from edge_runtime.tflite_check import _Reader
-
-    r = _Reader(content)
-    tensor = r.table(r.u32(0, "root"), "model").tables(2, "subgraphs")[0].tables(0, "tensors")[0]
-    start, n = tensor.vector(0, 4, "shape")
+    start, n = _first_tensor(content).vector(0, 4, "shape")
     assert n >= 2
     out = bytearray(content)
     struct.pack_into("<i", out, start + 4, value)
@@ -213,11 +218,7 @@ def test_a_huge_declared_dimension_is_refused_before_any_interpreter(tmp_path: P
 
 
 def _dimension(content: bytes) -> int:
-    from edge_runtime.tflite_check import _Reader
-
-    r = _Reader(content)
-    tensor = r.table(r.u32(0, "root"), "model").tables(2, "subgraphs")[0].tables(0, "tensors")[0]
-    return tensor.ints(0, "shape")[1]
+    return int(_first_tensor(content).ints(0, "shape")[1])
 
 
 def test_a_model_file_over_the_size_limit_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -204,8 +204,9 @@ class Service:
             self.workers.append(w)
         return w
 
-    def _event(self, w: ProcessWorker, kind: str, args: tuple[Any, ...]) -> None:
-        """What a pipeline's process reports besides results: device errors and fallbacks."""
+    def _event(self, w: AnyWorker, kind: str, args: tuple[Any, ...]) -> None:
+        """What a pipeline reports besides results (from its process, or from ``Worker.fall_back``
+        on its thread): device errors, fallbacks, and swaps after a reload, into the metrics."""
         if self.metrics is None:
             return
         if kind == "device_error":
@@ -364,16 +365,7 @@ class Service:
     # -- device trouble ------------------------------------------------------------
     def _recover(self, w: Worker, exc: BaseException, runner: Runner) -> Runner | None:
         """On the pipeline's thread, when its runner raised: the next device, or None (fail)."""
-
-        def report(kind: str, *args: Any) -> None:
-            if self.metrics is None:
-                return
-            if kind == "device_error":
-                self.metrics.device_errors.labels(w.name, args[0]).inc()
-            elif kind == "moved":
-                self.metrics.moved(w.name, args[0], args[1], w.passed_over())
-
-        return w.fall_back(exc, runner, self._load, report)
+        return w.fall_back(exc, runner, self._load, lambda kind, *args: self._event(w, kind, args))
 
     def _moved(self, w: AnyWorker, old: str, new: str, reason: str) -> None:
         """``w`` now runs on ``new`` instead of ``old`` because of ``reason``: recorded and counted."""
@@ -411,8 +403,7 @@ class Service:
         nw.fallbacks, nw.results = w.fallbacks, w.results
         self._moved(nw, hung.device, new.device, f"inference on {hung.device} hung for {age:.1f} s")
         self._abandoned.append(w)
-        if self.metrics is not None:
-            self.metrics.device_errors.labels(w.name, hung.device).inc()
+        self._event(w, "device_error", (hung.device,))
         nw.start()
         return True
 
@@ -427,8 +418,7 @@ class Service:
             age,
         )
         w.kill()
-        if self.metrics is not None:
-            self.metrics.device_errors.labels(w.name, hung).inc()
+        self._event(w, "device_error", (hung,))
         try:
             nw = self._process(w.spec, self._sinks, self.config, start=w.device_index + 1)
         except EdgeRuntimeError as err:
