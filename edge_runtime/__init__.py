@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .backends.isolated import Isolation
 from .device_info import Device
 from .devices import Selection, devices, parse_request, probe, select
 from .errors import (
@@ -26,8 +27,10 @@ from .errors import (
     InferenceError,
     InputError,
     ModelClosedError,
+    ModelCrashError,
     ModelFileError,
     ModelLoadError,
+    ModelQuarantinedError,
     SourceError,
     StreamError,
 )
@@ -68,10 +71,13 @@ __all__ = [
     "EdgeRuntimeError",
     "InferenceError",
     "InputError",
+    "Isolation",
     "Model",
     "ModelClosedError",
+    "ModelCrashError",
     "ModelFileError",
     "ModelLoadError",
+    "ModelQuarantinedError",
     "Quantization",
     "Runner",
     "Selection",

@@ -93,3 +93,39 @@ class SourceError(EdgeRuntimeError):
 class StreamError(EdgeRuntimeError):
     """A stream used the wrong way (``results()`` consumed twice at once), or its reader
     thread did not stop in time."""
+
+
+class SignatureError(ModelFileError):
+    """A model or bundle that is not the signed release it claims to be: no signed manifest,
+    a signature that does not verify or was made by a key that is not trusted, a malformed
+    manifest, or a file whose sha256 or size differs from the manifest, is missing, or is not
+    listed in it (files mixed from two releases). ``path`` names the manifest or the file.
+
+    A ``ModelFileError``: the files are refused before any backend sees them, so a loader
+    that passes over devices on ``ModelLoadError`` does not try the next device."""
+
+
+class VersionError(ModelFileError):
+    """A correctly signed release that this runtime will not install: its ``model_version``
+    is below the installed one (a downgrade; an equal version is a re-install and allowed),
+    or its ``min_runtime_version`` is above this edge_runtime's version."""
+
+
+class StoreError(EdgeRuntimeError):
+    """The model store could not stage, commit or read a release: a full disk (ENOSPC, EFBIG),
+    a read-only or missing directory, a broken ``current`` link. ``path`` names the file or
+    directory, ``reason`` the step and the system's message. The release that was current
+    before the failing call is still current."""
+
+
+class ModelCrashError(InferenceError):
+    """A model run in its own process (``load(..., isolate=True)``) took that process down (a
+    native crash: the reason names the signal) or did not answer within its timeout (the
+    process was killed). The caller's process is unharmed; the next call starts a new child
+    after a back-off, unless the model has crashed too often (``ModelQuarantinedError``)."""
+
+
+class ModelQuarantinedError(ModelCrashError):
+    """A model that crashed its process too often (``Isolation.max_crashes`` within
+    ``Isolation.window_s``): it is not started again; load another model (the daemon goes back
+    to the last one that served)."""

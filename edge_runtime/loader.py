@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .backends.isolated import Isolation
 from .device_info import Device
 from .model import load_model, merge_threads
 from .runner import Runner
@@ -29,6 +30,7 @@ def load(
     devices: Sequence[Device] | None = None,
     labels: Sequence[str] | None = None,
     num_threads: int | None = None,
+    isolate: bool | Isolation = False,
 ) -> Runner:
     """Load a model file or an early-exit bundle on the best requested device; return a ``Runner``.
 
@@ -43,6 +45,9 @@ def load(
     ``openvino_plugins``: extra OpenVINO plugins, device name -> library path.
     ``devices``: the device table to select from (default: probed now, only what the request needs).
     ``labels``: class names (default: the model's JSON sidecar, or the bundle's manifest).
+    ``isolate``: run the model in a child process (True, or an ``Isolation`` policy), so a
+    native crash or hang in the interpreter kills only the child: it raises
+    ``ModelCrashError`` here and the child is restarted; see ``edge_runtime.backends.isolated``.
 
     Raises ``ModelFileError`` for a bad file or directory, ``DeviceRequestError`` for a
     request that does not parse, ``ArgumentError`` for a bad option value,
@@ -58,6 +63,7 @@ def load(
         "openvino_plugins": openvino_plugins,
         "devices": devices,
         "labels": labels,
+        "isolate": isolate,
     }
     if Path(path).is_dir():
         from .bundle import MANIFEST  # imported when a directory is loaded: a plain model never needs them

@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from .backends import get_backend
 from .backends.base import Session
+from .backends.isolated import Isolation, as_isolation, open_isolated
 from .device_info import Device
 from .devices import Candidate, Selection, parse_request, probe, select
 from .errors import (
@@ -311,6 +312,7 @@ def load_model(
     labels: Sequence[str] | None = None,
     sidecar: bool = True,
     num_threads: int | None = None,
+    isolate: bool | Isolation = False,
 ) -> Model:
     """Load one ``.tflite``, OpenVINO IR ``.xml`` or ``.onnx`` file on the best requested device.
 
@@ -319,6 +321,7 @@ def load_model(
     file (labels, preprocessing) when it exists; a malformed one is an ``ArgumentError``.
     See ``edge_runtime.load`` for the rest.
     """
+    policy = as_isolation(isolate)
     requests = [parse_request(r) for r in ([device] if isinstance(device, str) else device)]
     if not requests:
         raise DeviceRequestError("empty device request list", path=str(path))
@@ -351,7 +354,10 @@ def load_model(
     refused: list[tuple[str, str]] = []
     for i, cand in enumerate(selection.candidates):
         try:
-            session = get_backend(cand.device.backend).open_session(source, cand.device, **options)
+            if policy is not None:
+                session = open_isolated(source, cand.device, policy, **options)
+            else:
+                session = get_backend(cand.device.backend).open_session(source, cand.device, **options)
         except (ModelLoadError, BackendUnavailableError) as exc:
             attempts.append(f"{cand.device.request}: {exc.reason}")
             refused.append((cand.device.request, exc.reason))

@@ -139,7 +139,8 @@ def check_tflite(content: bytes, path: str, tensor_budget: int = TENSOR_BUDGET_B
         raise ModelFileError(f"truncated or corrupt TFLite model: {exc}", path=path) from None
     if declared > tensor_budget:
         raise ModelFileError(
-            f"its tensors declare {declared:,} bytes together, more than the memory budget of "
+            f"its tensors declare {'2**62 or more' if declared >= _HUGE else format(declared, ',')} bytes together, "
+            f"more than the memory budget of "
             f"{tensor_budget:,} bytes (a corrupt dimension, or a model too large for this device)",
             path=path,
         )
@@ -149,7 +150,13 @@ def _tensor_bytes(shape: list[int], tensor_type: int) -> int:
     n = _TYPE_BYTES[tensor_type] if tensor_type < len(_TYPE_BYTES) else 8
     for d in shape:
         n *= max(d, 1)
+        if n > _HUGE:  # a corrupt rank-1000 shape must not build a 10,000-digit number
+            return _HUGE
     return n
+
+
+#: Where counting declared bytes stops (2**62): far above any budget, and printable.
+_HUGE = 1 << 62
 
 
 def _walk(r: _Reader) -> int:
@@ -174,7 +181,7 @@ def _walk(r: _Reader) -> int:
         tensor_counts.append(len(tensors))
         for t, tensor in enumerate(tensors):
             where = f"subgraphs[{g}].tensors[{t}]"
-            declared += _tensor_bytes(tensor.ints(0, f"{where}.shape"), tensor.scalar(1, _U8))
+            declared = min(_HUGE, declared + _tensor_bytes(tensor.ints(0, f"{where}.shape"), tensor.scalar(1, _U8)))
             tensor.ints(7, f"{where}.shape_signature")
             tensor.string(3, f"{where}.name")
             if tensor.scalar(2, _U32) >= max(len(buffers), 1):

@@ -66,6 +66,12 @@ class Pipeline:
     inference_timeout_s: float = 10.0
     on_device_error: str = "fall-back"
     sinks: tuple[Sink, ...] = (Sink("stdout"),)
+    #: Run the model in a child process for good (``load(..., isolate=True)``): a native crash
+    #: or hang kills only that child, which is restarted; 3 crashes quarantine the model.
+    isolate: bool = False
+    #: Before a model file is first loaded in the daemon's own process, load it and run it once
+    #: in a throwaway child (ignored with ``isolate``, where every load is in a child).
+    probe: bool = True
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,8 @@ _PIPELINE = {
     "inference_timeout_s",
     "on_device_error",
     "sinks",
+    "isolate",
+    "probe",
 }
 
 
@@ -337,6 +345,8 @@ def _pipeline(name: str, r: _Reader, base: Path, check_files: bool) -> Pipeline:
         inference_timeout_s=float(r.number("inference_timeout_s", 10.0)),
         on_device_error=r.choice("on_device_error", ON_DEVICE_ERROR, "fall-back"),
         sinks=_sinks(r, base),
+        isolate=r.get("isolate", bool, False),
+        probe=r.get("probe", bool, True),
     )
 
 

@@ -68,6 +68,18 @@ class Metrics:
             ["pipeline", "device"],
             registry=r,
         )
+        self.model_crashes = Counter(
+            "edge_runtime_model_crashes",
+            "Times an isolated model's process died or hung (each restarted)",
+            ["pipeline"],
+            registry=r,
+        )
+        self.quarantined = Counter(
+            "edge_runtime_models_quarantined",
+            "Models quarantined after crashing their process too often",
+            ["pipeline"],
+            registry=r,
+        )
         self.deadline_missed = Counter(
             "edge_runtime_deadline_missed", "Results that took longer than deadline_ms", ["pipeline"], registry=r
         )

@@ -176,6 +176,7 @@ class _ChildRun:
                 sw = w.stream.swap(
                     runner, preprocess=Preprocess.choose(spec.preprocess, runner), deadline_ms=spec.deadline_ms
                 )
+                w.last_good = w.spec if w.spec.model != spec.model else w.last_good
                 w.spec, w.runner, w.device_index, w.degraded, w.fallbacks = spec, runner, index, "", 0
                 threading.Thread(target=self._settle, args=(sw, runner), daemon=True).start()
 
@@ -284,6 +285,8 @@ class ProcessWorker:
         self.done = False
         self.abandoned = False
         self.recovering = False
+        self.crashes = 0  # the isolated model's process died or hung (each restarted, in the child)
+        self.quarantined: list[str] = []  # models quarantined in the child
         self.writing = False
         self.reported_stuck = False
         self.degraded = ""
@@ -399,6 +402,14 @@ class ProcessWorker:
                 elif kind == "device_error":
                     if self._on_event is not None:
                         self._on_event(self, "device_error", (msg[1],))
+                elif kind == "model_crash":
+                    self.crashes += 1
+                    if self._on_event is not None:
+                        self._on_event(self, "model_crash", (msg[1],))
+                elif kind == "quarantined":
+                    self.quarantined.append(msg[1])
+                    if self._on_event is not None:
+                        self._on_event(self, "quarantined", (msg[1],))
                 elif kind == "prepared":
                     self._prepare_reply = (msg[1], msg[2])
                     self._prepared.set()

@@ -215,6 +215,10 @@ class Service:
             self.metrics.moved(w.name, args[0], args[1], w.passed_over())
         elif kind == "swapped":
             self.metrics.pipeline(w.name, args[0], w.passed_over())
+        elif kind == "model_crash":
+            self.metrics.model_crashes.labels(w.name).inc()
+        elif kind == "quarantined":
+            self.metrics.quarantined.labels(w.name).inc()
 
     def _add_worker(self, spec: Pipeline, runner: Runner, index: int, source: Any = None) -> Worker:
         """A worker for ``spec`` (it owns ``runner`` from here on); not started."""
@@ -400,7 +404,7 @@ class Service:
             w.error = err
             log.error("edge_runtime: pipeline %s: no device to fall back to: %s", w.name, why(err))
             return True
-        nw.fallbacks, nw.results = w.fallbacks, w.results
+        nw.fallbacks, nw.results, nw.crashes, nw.quarantined = w.fallbacks, w.results, w.crashes, w.quarantined
         self._moved(nw, hung.device, new.device, f"inference on {hung.device} hung for {age:.1f} s")
         self._abandoned.append(w)
         self._event(w, "device_error", (hung.device,))
@@ -427,7 +431,7 @@ class Service:
             return True
         with self._lock:
             self.workers[self.workers.index(w)] = nw
-        nw.fallbacks, nw.results = w.fallbacks, w.results
+        nw.fallbacks, nw.results, nw.crashes, nw.quarantined = w.fallbacks, w.results, w.crashes, w.quarantined
         self._moved(nw, hung, nw.device, f"inference on {hung} hung for {age:.1f} s")
         w.close()
         nw.start()
@@ -595,6 +599,7 @@ class Service:
                 else:
                     log.info("edge_runtime: reload: pipeline %s: %s -> %s", spec.name, w.device, runner.describe())
                     w.sinks = self._sinks_for(spec, sinks)  # before the swap takes effect: no result is missed
+                    w.last_good = w.spec if w.spec.model != spec.model else w.last_good
                     w.spec, w.runner, w.device_index, w.degraded, w.fallbacks = spec, runner, index, "", 0
                     swaps.append(sw)
                     if self.metrics is not None:
@@ -670,6 +675,8 @@ class Service:
                     "device": w.device,
                     "results": w.results,
                     "queue_depth": w.counters()[3],
+                    "model_crashes": w.crashes,
+                    "quarantined": list(w.quarantined),
                     **({"pid": w.process.pid} if isinstance(w, ProcessWorker) else {}),
                 }
                 for w in workers

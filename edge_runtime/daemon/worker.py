@@ -22,13 +22,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..backends.isolated import Isolation, trial_load
 from ..errors import (
     BackendUnavailableError,
     DeviceRequestError,
     DeviceUnavailableError,
     EdgeRuntimeError,
     InferenceError,
+    ModelCrashError,
     ModelLoadError,
+    ModelQuarantinedError,
 )
 from ..runner import Runner
 from ..stream.pipeline import Stream
@@ -114,16 +117,21 @@ def load_on_devices(
 
     where = f"pipelines.{spec.name}"
     reasons: list[str] = []
+    threads = spec.threads if spec.threads is not None else default_threads
+    extra: dict[str, Any] = {"isolate": isolation_for(spec)} if spec.isolate else {}
     for i in range(start, len(spec.device)):
         request = spec.device[i]
         try:
+            if spec.probe and not spec.isolate:
+                probe_once(spec, request, threads=threads, cache_dir=cache_dir)
             runner = loader(
                 spec.model,
                 request,
-                threads=spec.threads if spec.threads is not None else default_threads,
+                threads=threads,
                 cache_dir=cache_dir,
                 labels=spec.labels,
                 openvino_config=dict(OPENVINO_CONFIG),
+                **extra,
             )
         except (DeviceUnavailableError, BackendUnavailableError, ModelLoadError, DeviceRequestError) as exc:
             reasons.append(f"{request}: {why(exc)}")
@@ -152,6 +160,60 @@ def load_on_devices(
     if not tried:
         raise ModelLoadError(f"{where}: no device left to fall back to (device = {list(spec.device)})")
     raise ModelLoadError(f"{where}: no device could run {spec.model}: " + "; ".join(reasons))
+
+
+def isolation_for(spec: Pipeline) -> Isolation:
+    """The isolation policy of a pipeline with ``isolate = true``: a hung child is killed after half
+    of ``inference_timeout_s``, so that its restart comes before the service's own hang watchdog."""
+    return Isolation(timeout_s=max(0.05, spec.inference_timeout_s / 2))
+
+
+#: Model files already probed by this process: (path, size, mtime ns, device request).
+_probed: set[tuple[str, int, int, str]] = set()
+
+
+def _identity(path: Path, request: str) -> tuple[str, int, int, str] | None:
+    """What a probe is remembered by: the file (a bundle: its manifest) as it is now, and the device."""
+    from ..bundle import MANIFEST
+
+    target = path / MANIFEST if path.is_dir() else path
+    try:
+        st = target.stat()
+    except OSError:
+        return None  # the load that follows reports it
+    return str(path.resolve()), st.st_size, st.st_mtime_ns, request
+
+
+def probe_once(spec: Pipeline, request: str, **options: Any) -> None:
+    """Load ``spec.model`` on ``request`` and run it once in a throwaway child process, unless this
+    process has already done so for the file as it is now; raise ``ModelLoadError`` (with the
+    signal when the child died) so the caller passes over the device as for any failed load."""
+    key = _identity(spec.model, request)
+    if key is None or key in _probed:
+        return
+    t0 = time.monotonic()
+    try:
+        trial_load(
+            spec.model,
+            request,
+            timeout_s=spec.inference_timeout_s,
+            labels=spec.labels,
+            openvino_config=dict(OPENVINO_CONFIG),
+            **options,
+        )
+    except (DeviceUnavailableError, BackendUnavailableError, DeviceRequestError):
+        raise
+    except ModelLoadError as exc:
+        detail = f" ({'; '.join(exc.attempts)})" if exc.attempts else ""
+        raise ModelLoadError(f"probe in a child process: {exc.reason}{detail}", path=str(spec.model)) from None
+    log.info(
+        "edge_runtime: pipeline %s: %s probed in a child process on %s (%.0f ms)",
+        spec.name,
+        spec.model,
+        request,
+        (time.monotonic() - t0) * 1e3,
+    )
+    _probed.add(key)
 
 
 def check_fit(spec: Pipeline, runner: Runner) -> None:
@@ -242,6 +304,11 @@ class Worker:
         self.reported_stuck = False  # its stall is in the log already
         self.degraded = ""  # why it runs on a later device than its first choice
         self.fallbacks = 0
+        self.crashes = 0  # an isolated model's process died or hung (each restarted)
+        #: The spec this pipeline ran before the last reload changed its model: what a quarantine
+        #: goes back to (None: nothing to go back to).
+        self.last_good: Pipeline | None = None
+        self.quarantined: list[str] = []  # "model: why", in order
         self._on_result = on_result
         self.stream = Stream(
             runner,
@@ -276,8 +343,19 @@ class Worker:
         ``fail`` or no device is left. ``report(kind, *args)`` hears of ``device_error``
         (device), ``recovering`` (True, then False) and ``moved`` (old, new, index, why); the
         failed runner is closed here."""
+        if isinstance(exc, ModelCrashError) and not isinstance(exc, ModelQuarantinedError):
+            # An isolated model's process died or hung: the runner starts a new one (after its
+            # back-off) when the window runs again on it, so this pipeline keeps its runner.
+            self.crashes += 1
+            report("model_crash", runner.device)
+            return runner
         log.error("edge_runtime: pipeline %s: inference failed on %s: %s", self.name, runner.device, why(exc))
         report("device_error", runner.device)
+        if isinstance(exc, ModelQuarantinedError):
+            self.quarantined.append(f"{self.spec.model}: {exc.reason}")
+            report("quarantined", str(self.spec.model))
+            if self.last_good is not None:
+                return self._back_to_last_good(exc, runner, load, report)
         if self.spec.on_device_error == "fail":
             return None
         self.recovering = True
@@ -297,6 +375,42 @@ class Worker:
         try:
             runner.close()
         except Exception as err:  # noqa: BLE001 - a broken device may fail to let go too
+            log.warning("edge_runtime: pipeline %s: closing %s failed: %s", self.name, runner.device, why(err))
+        return new
+
+    def _back_to_last_good(
+        self,
+        exc: BaseException,
+        runner: Runner,
+        load: Callable[[Pipeline, int], tuple[Runner, int]],
+        report: Callable[..., None],
+    ) -> Runner | None:
+        """After ``runner``'s model was quarantined: the model this pipeline ran before the last
+        reload (``last_good``), loaded from its first device; None when that fails too."""
+        good = self.last_good
+        assert good is not None
+        self.recovering = True
+        report("recovering", True)
+        try:
+            new, index = load(good, 0)
+        except EdgeRuntimeError as err:
+            log.error(
+                "edge_runtime: pipeline %s: the last good model %s did not load: %s", self.name, good.model, why(err)
+            )
+            return None
+        finally:
+            self.recovering = False
+            self.last_beat = time.monotonic()
+            report("recovering", False)
+        bad = self.spec.model
+        self.spec, self.runner, self.device_index, self.last_good = good, new, index, None
+        self.fallbacks += 1
+        self.degraded = f"{bad} quarantined ({why(exc)}); serving the last good model {good.model}"
+        log.error("edge_runtime: pipeline %s: %s", self.name, self.degraded)
+        report("moved", runner.device, new.device, index, self.degraded)
+        try:
+            runner.close()
+        except Exception as err:  # noqa: BLE001 - a quarantined runner may fail to let go too
             log.warning("edge_runtime: pipeline %s: closing %s failed: %s", self.name, runner.device, why(err))
         return new
 
