@@ -19,6 +19,8 @@ it is replaced and the next variant goes on. Outcome per load:
   loaded       load and one inference succeeded
   refused      an edge_runtime error (the package's own, with path and reason): the goal for
                a broken file
+  contained    (--isolate) the model's own child process crashed or hung, and load/infer
+               raised our clean error for it: what isolation is for
   other        any other Python exception (a defect: it should have been our error)
   crash        the worker died (a signal: SIGSEGV, SIGABRT, ...)
   hang         no answer within --timeout seconds (the worker is killed)
@@ -56,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MLPERF = ROOT.parent / "shared" / "models" / "mlperf_tiny"
 DEVICES = ("litert:cpu", "openvino:CPU")
 MUTATIONS = ("truncate", "bitflip", "chunk", "dimension", "duplicate")
-OUTCOMES = ("loaded", "refused", "other", "crash", "hang")
+OUTCOMES = ("loaded", "refused", "contained", "other", "crash", "hang")
 PROGRESS_S = 10.0
 
 
@@ -124,12 +126,18 @@ def _worker(conn: Connection) -> None:
         msg = conn.recv()
         if msg is None:
             return
-        path, device = msg
+        path, device, isolate = msg
         try:
-            with edge_runtime.load(path, device) as model:
+            with edge_runtime.load(path, device, isolate=isolate) as model:
                 model.infer(*[np.zeros(s.shape, dtype=s.dtype) for s in model.inputs])
+        except edge_runtime.ModelCrashError as exc:
+            conn.send(("contained", exc.reason))
         except edge_runtime.EdgeRuntimeError as exc:
-            conn.send(("refused", type(exc).__name__))
+            text = str(exc)
+            if isolate and ("model's process died" in text or "did not open it within" in text):
+                conn.send(("contained", " ".join(text.split())[:200]))
+            else:
+                conn.send(("refused", type(exc).__name__))
         except Exception as exc:  # noqa: BLE001 - counted as a defect, with its type
             conn.send(("other", f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))
         else:
@@ -149,9 +157,9 @@ class Worker:
         self.proc.start()
         child.close()
 
-    def run(self, path: Path, device: str, timeout: float) -> tuple[str, str]:
+    def run(self, path: Path, device: str, timeout: float, isolate: bool = False) -> tuple[str, str]:
         try:
-            self.conn.send((str(path), device))
+            self.conn.send((str(path), device, isolate))
             if self.conn.poll(timeout):
                 outcome: tuple[str, str] = self.conn.recv()
                 return outcome
@@ -189,6 +197,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", action="append", choices=DEVICES, help="device to load on (repeatable; default both)")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds before a load counts as hung (30)")
     ap.add_argument("--keep", type=Path, help="directory for crashing and hanging variants (default: temporary)")
+    ap.add_argument(
+        "--isolate",
+        action="store_true",
+        help="load with isolate=True (the model in its own child process, as the daemon's isolate = true): "
+        "a native crash or hang there is counted as 'contained'",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     if args.count < 1:
@@ -232,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 path = Path(tmp) / f"{i:05d}-{seed_path.stem}-{kind}.tflite"
                 path.write_bytes(variant)
                 for d in devices:
-                    outcome, detail = workers[d].run(path, d, args.timeout)
+                    outcome, detail = workers[d].run(path, d, args.timeout, args.isolate)
                     counts[d][outcome] += 1
                     by_mutation[kind][outcome] += 1
                     if outcome == "other":
@@ -262,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "seeds": [str(p.relative_to(ROOT.parent)) for p in pool],
         "seconds": round(wall, 1),
+        "isolate": args.isolate,
         "outcomes": {d: {o: counts[d][o] for o in OUTCOMES} for d in devices},
         "by_mutation": {m: {o: by_mutation[m][o] for o in OUTCOMES} for m in MUTATIONS},
         "other_errors": dict(others.most_common(10)),
@@ -272,12 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(doc, indent=2))
     else:
         print(f"{done} variants of {len(pool)} seed models (seed {args.seed}) in {wall:.0f} s")
-        print(f"{'':14s}" + "".join(f"{o:>9s}" for o in OUTCOMES))
+        print(f"{'':14s}" + "".join(f"{o:>10s}" for o in OUTCOMES))
         for d in devices:
-            print(f"{d:14s}" + "".join(f"{counts[d][o]:>9d}" for o in OUTCOMES))
+            print(f"{d:14s}" + "".join(f"{counts[d][o]:>10d}" for o in OUTCOMES))
         print("by mutation (both devices together):")
         for m in MUTATIONS:
-            print(f"  {m:12s}" + "".join(f"{by_mutation[m][o]:>9d}" for o in OUTCOMES))
+            print(f"  {m:12s}" + "".join(f"{by_mutation[m][o]:>10d}" for o in OUTCOMES))
         for detail, n in others.most_common(10):
             print(f"other error x{n}: {detail}")
         for k in kept:

@@ -41,7 +41,7 @@ def test_past_crasher_is_a_clean_error_or_loads(index: int, backend: str, tmp_pa
     path = rebuild(entry, tmp_path)
     device = "litert:cpu" if backend == "litert" else "openvino:CPU"
     try:
-        with er.load(path, device, isolate=True) as model:  # a native crash stays in the child
+        with er.load_model(path, device, isolate=True) as model:  # a native crash stays in the child
             model.infer_raw([er.tensors.random_tensor(s, 0) for s in model.inputs])
     except er.EdgeRuntimeError as exc:
         expected = getattr(er, entry["now"]) if entry.get("now") else er.EdgeRuntimeError

@@ -36,3 +36,36 @@ def test_a_short_run_counts_every_load_and_is_reproducible(tmp_path: Path) -> No
 def test_a_bad_count_is_a_usage_error(tmp_path: Path) -> None:
     out = fuzz(tmp_path, "--count", "0")
     assert out.returncode == 2 and "--count must be >= 1" in out.stderr
+
+
+def test_isolated_fuzzing_counts_a_crash_in_the_model_process_as_contained(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "EDGE_RUNTIME_CHILD_FAULT": "segv@open"}  # every model's own process dies
+    args = ["--count", "3", "--device", "litert:cpu", "--isolate", "--json"]
+    r = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300, env=env)
+    doc = json.loads(r.stdout)
+    outcomes = doc["outcomes"]["litert:cpu"]
+    assert doc["isolate"] is True
+    # files that pass our checks reach the (dying) child: contained, never a crash of the worker;
+    # those our checks refuse never start a child
+    assert outcomes["crash"] == 0 and outcomes["contained"] + outcomes["refused"] == 3, outcomes
+    assert outcomes["loaded"] == 0 and outcomes["contained"] >= 1, outcomes
+
+
+def test_decoder_harness_runs_under_atheris(tmp_path: Path) -> None:
+    import pytest
+
+    pytest.importorskip("atheris", reason="atheris (pip install atheris) runs the decoder harness")
+    script = ROOT / "scripts" / "fuzz_decoder.py"
+    corpus = tmp_path / "corpus"
+    r = subprocess.run(
+        [sys.executable, str(script), "-runs=300", str(corpus)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "DONE" in r.stderr and "cov:" in r.stderr
+    assert len(list(corpus.iterdir())) > 10  # the seeds were written, and new inputs kept

@@ -39,7 +39,7 @@ def alive(pid: int) -> bool:
         return fh.read().split(")")[-1].split()[0] != "Z"
 
 
-def session_of(model: er.Runner) -> IsolatedSession:
+def session_of(model: er.Runner | er.Model) -> IsolatedSession:
     assert isinstance(model, er.Model)
     s = model.session
     assert isinstance(s, IsolatedSession)
@@ -50,7 +50,7 @@ def session_of(model: er.Runner) -> IsolatedSession:
 def test_isolated_outputs_are_bit_identical_to_in_process(backend: str) -> None:
     device = "litert:cpu" if backend == "litert" else "openvino:CPU"
     rng = np.random.default_rng(0)
-    with er.load(MODEL, device) as ref, er.load(MODEL, device, isolate=True) as iso:
+    with er.load_model(MODEL, device) as ref, er.load_model(MODEL, device, isolate=True) as iso:
         assert iso.device == ref.device and iso.inputs == ref.inputs and iso.outputs == ref.outputs
         assert session_of(iso).pid != os.getpid()
         for _ in range(5):
@@ -60,8 +60,8 @@ def test_isolated_outputs_are_bit_identical_to_in_process(backend: str) -> None:
             xq = er.tensors.random_tensor(ref.inputs[0], int(rng.integers(1000)))
             for a, b in zip(ref.infer_raw(xq), iso.infer_raw(xq)):
                 np.testing.assert_array_equal(a, b)
-            a, b = ref.classify(x), iso.classify(x)
-            assert a.label_index == b.label_index and np.array_equal(a.scores, b.scores)
+            ca, cb = ref.classify(x), iso.classify(x)
+            assert ca.label_index == cb.label_index and np.array_equal(ca.scores, cb.scores)
 
 
 def test_an_isolated_bundle_gives_the_same_results() -> None:
@@ -117,7 +117,7 @@ def test_a_hung_inference_is_killed_after_the_timeout(monkeypatch: pytest.Monkey
         model.infer(x)
         hung = s.pid
         assert hung is not None
-        with pytest.raises(er.ModelCrashError, match="did not return within 0.5 s"):
+        with pytest.raises(er.ModelCrashError, match=r"did not return within 0\.5 s"):
             model.infer(x)
         assert not alive(hung)
         model.infer(x)  # the first inference of the new child
@@ -169,7 +169,7 @@ def test_trial_load_runs_the_model_once_in_a_throwaway_child(monkeypatch: pytest
     assert trial_load(MODEL, "litert:cpu") == "litert:cpu"
     assert trial_load(BUNDLE, "openvino:CPU") == "openvino:CPU"
     monkeypatch.setenv("EDGE_RUNTIME_CHILD_FAULT", "segv@invoke=1")
-    with pytest.raises(er.ModelLoadError, match="trial run in a child process failed.*SIGSEGV"):
+    with pytest.raises(er.ModelLoadError, match=r"trial run in a child process failed.*SIGSEGV"):
         trial_load(MODEL, "litert:cpu")
 
 

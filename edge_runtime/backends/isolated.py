@@ -137,6 +137,14 @@ def describe_exit(code: int | None) -> str:
     return f"exit status {code}"
 
 
+def log_setup() -> tuple[int, bool]:
+    """What the child's logging copies from this process: the ``edge_runtime`` logger's level,
+    and whether this is the CLI (its ``edge-runtime: info: ...`` line format), so a child's log
+    lines (LiteRT's delegate line, warnings) read as the parent's would."""
+    cli = any(type(h.formatter).__name__ == "_LogFormat" for h in logging.getLogger().handlers)
+    return logging.getLogger("edge_runtime").getEffectiveLevel(), cli
+
+
 def send_message(sock: socket.socket, obj: Any) -> None:
     """One length-prefixed pickle (control messages only, never per inference)."""
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -263,7 +271,7 @@ class IsolatedSession(Session):
         self.starts += 1
         parent.settimeout(self.policy.load_timeout_s)
         try:
-            send_message(parent, ("open", self._source, self._device_info, self._options))
+            send_message(parent, ("open", self._source, self._device_info, self._options, log_setup()))
             reply = recv_message(parent)
             if reply[0] == "error":
                 _, cls_name, reason = reply

@@ -52,6 +52,19 @@ def _fault(where: str) -> tuple[str, str, int]:
     return action, step, int(n or 1)
 
 
+def _configure_logging(level: int, cli: bool) -> None:
+    """Log as the parent does (its level; the CLI's line format when the parent is the CLI)."""
+    import logging
+
+    handler = logging.StreamHandler()
+    if cli:
+        from edge_runtime.cli import _LogFormat
+
+        handler.setFormatter(_LogFormat())
+    logging.basicConfig(level=level, handlers=[handler])
+    logging.getLogger("edge_runtime").setLevel(level)
+
+
 def _act(action: str) -> None:
     if action == "segv":
         os.kill(os.getpid(), signal.SIGSEGV)
@@ -72,9 +85,10 @@ def main(argv: list[str]) -> int:
     from edge_runtime.errors import EdgeRuntimeError
 
     try:
-        _, source, device, options = recv_message(sock)
+        _, source, device, options, (level, cli) = recv_message(sock)
     except EOFError:
         return 0
+    _configure_logging(level, cli)
     action, step, at = _fault(f"{device.request} {source.path}")
     if action and step == "open":
         _act(action)
