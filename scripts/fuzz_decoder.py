@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 try:
-    import atheris
+    import atheris  # type: ignore[import-not-found,import-untyped,unused-ignore]
 except ImportError:
     print("fuzz_decoder: needs atheris: pip install atheris", file=sys.stderr)
     raise SystemExit(2) from None
@@ -70,8 +70,13 @@ def one_input(data: bytes) -> None:
     dec = codec.FrameDecoder(max_encoded=512 if small else codec.MAX_ENCODED, on_reply=replies.append)
     try:
         frames: list[codec.Frame] = []
+
+        def on_frame(f: codec.Frame) -> None:
+            _check_frame(f)
+            frames.append(f)
+
         for at in range(0, len(body), chunk):
-            dec.feed(body, at, min(len(body), at + chunk), on_frame=lambda f: (_check_frame(f), frames.append(f)))
+            dec.feed(body, at, min(len(body), at + chunk), on_frame=on_frame)
         if dec.stats.bytes != len(body):
             raise Finding(f"stats.bytes {dec.stats.bytes} != {len(body)} fed")
         if dec.stats.frames != len(frames) or dec.stats.replies != len(replies):
