@@ -3,6 +3,11 @@
 The emulator waits for the port to be opened (as a USB CDC device waits for DTR), so
 every frame it sends after that is one the reader must get, unless the emulator
 damaged it on purpose (it lists those).
+
+The link comes from the HIL kit (``edge_runtime.hil.plugin``): by default the emulator's
+pty; ``pytest tests/test_stream_serial.py --hil-port URL`` runs the ``hil`` tests that make
+sense against a board (a clean link, a user error in the callback, spy://) on it, and skips
+those marked ``emulator_only`` (fault injection, unplug, a held port, a device appearing late).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import pytest
 
 from edge_runtime.errors import ArgumentError, SourceError
 from edge_runtime.hil.emulator import Emulator, Faults, Pty
+from edge_runtime.hil.plugin import EmulatorFactory, HilLink
 from edge_runtime.stream.codec import Frame
 from edge_runtime.stream.sources import SerialSource, open_source
 
@@ -80,41 +86,45 @@ def run_expecting_error(source: Any, timeout_s: float = 5) -> BaseException:
 
 
 def run_pair(
-    emu: Emulator,
+    link: HilLink,
     source: SerialSource,
     on_frame: Callable[[Frame, int], None],
     until: Callable[[], bool] | None = None,
     timeout_s: float = 30,
 ) -> None:
-    """``source`` reads what ``emu`` sends until ``until()`` holds, then stops.
+    """``source`` (made by ``link.open_source``) reads what the link sends until ``until()`` holds, then stops.
 
-    The emulator starts once the reader has opened the port and flushed its input (it
-    counts a connect after the flush), so none of what it sends is flushed away. By
-    default ``until`` is "the decoder has consumed every byte the emulator wrote"; where
-    bytes are lost on the way (an unplug drops what the reader had not read yet), pass
-    a condition on the frames received instead.
+    The emulator starts once the reader has opened the port and flushed its input
+    (``link.start()`` waits for the source's connect, which is counted after the flush),
+    so none of what it sends is flushed away. By default ``until`` is "the decoder has
+    consumed every byte the emulator wrote"; where bytes are lost on the way (an unplug
+    drops what the reader had not read yet), or on a board (which sends without end),
+    pass a condition on the frames received instead.
     """
+    emu = link.emulator
+    assert emu is not None or until is not None, "on a board, say until when to read"
     decoded = source.decoder.stats
 
     def consumed_all() -> bool:
-        return decoded.bytes == emu.stats.bytes
+        return emu is not None and decoded.bytes == emu.stats.bytes
 
     stop = threading.Event()
     reader = threading.Thread(target=source.run, args=(on_frame, stop), daemon=True)
     reader.start()
     try:
-        assert wait_until(lambda: source.stats.connects >= 1, timeout_s), "the reader did not open the port"
-        sender = emu.start()
-        sender.join(timeout_s)
-        assert not sender.is_alive(), "the emulator did not finish"
+        link.start(timeout_s)  # HilError if the reader did not open the port
+        if emu is not None:
+            link.wait_sent(timeout_s)  # HilError if the emulator did not finish
+        sent = f" of the {emu.stats.bytes} bytes sent" if emu is not None else ""
         assert wait_until(until or consumed_all, timeout_s), (
-            f"the reader did not get everything: its decoder consumed {decoded.bytes} of the "
-            f"{emu.stats.bytes} bytes sent, {source.stats.frames} frames"
+            f"the reader did not get everything: its decoder consumed {decoded.bytes}{sent}, "
+            f"{source.stats.frames} frames"
         )
     finally:
         stop.set()
         reader.join(5)
-        emu.close()
+        if emu is not None:
+            emu.close()
     assert not reader.is_alive(), "the reader did not stop"
 
 
@@ -123,19 +133,19 @@ def link(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "ttyIMU"
 
 
-def test_faults_lose_only_the_damaged_frames(link: Path) -> None:
+@pytest.mark.emulator_only
+def test_faults_lose_only_the_damaged_frames(hil_link: HilLink, hil_emulator: EmulatorFactory) -> None:
     n_frames = 300
-    emu = Emulator(
+    emu = hil_emulator(
         recording(n_frames * 10),
         rate=100,
         speed=200,
         frame_samples=10,
-        link=link,
         faults=Faults(garbage_every=3, flip_every=7, drop_every=11, seed=5),
     )
-    src = SerialSource(str(link))
+    src = hil_link.open_source()
     got = Collector()
-    run_pair(emu, src, got)
+    run_pair(hil_link, src, got)
     damaged = set(emu.stats.damaged_frames)
     received = [seq for seq, _, _ in got.frames]
     assert received == [s for s in range(n_frames) if s not in damaged], "every good frame, in order"
@@ -178,22 +188,19 @@ def _received_through_pty(link: Path, one_by_one: bool) -> list[tuple[int, int, 
     return got.frames
 
 
+@pytest.mark.emulator_only
 def test_one_byte_at_a_time_equals_large_writes(tmp_path: Path) -> None:
     whole = _received_through_pty(tmp_path / "tty0", one_by_one=False)
     byte_by_byte = _received_through_pty(tmp_path / "tty1", one_by_one=True)
     assert whole == byte_by_byte and len(whole) == 50
 
 
-def test_silent_device_warns_and_does_not_hang(link: Path, caplog: pytest.LogCaptureFixture) -> None:
-    emu = Emulator(
-        recording(600),
-        rate=100,
-        speed=30,
-        frame_samples=10,
-        link=link,
-        faults=Faults(pause_at=20, pause_s=0.8),
-    )
-    src = SerialSource(str(link), stale_after_s=0.3)
+@pytest.mark.emulator_only
+def test_silent_device_warns_and_does_not_hang(
+    hil_link: HilLink, hil_emulator: EmulatorFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    hil_emulator(recording(600), rate=100, speed=30, frame_samples=10, faults=Faults(pause_at=20, pause_s=0.8))
+    src = hil_link.open_source(stale_after_s=0.3)
     got = Collector()
     warnings_before: list[int] = []  # the source's stale warnings so far, as each frame arrives
 
@@ -202,7 +209,7 @@ def test_silent_device_warns_and_does_not_hang(link: Path, caplog: pytest.LogCap
         got(frame, arrival_ns)
 
     with caplog.at_level(logging.WARNING, logger="edge_runtime.stream"):
-        run_pair(emu, src, on_frame)
+        run_pair(hil_link, src, on_frame)
     assert src.stats.stale_warnings >= 1
     assert "no frame for" in caplog.text
     assert [s for s, _, _ in got.frames] == list(range(60)), "the stream resumes after the silence"
@@ -214,20 +221,18 @@ def test_silent_device_warns_and_does_not_hang(link: Path, caplog: pytest.LogCap
     assert span > 0.066, f"frames 20..59 came within {span * 1e3:.1f} ms: a catch-up burst, not the old pace"
 
 
-def test_unplug_mid_frame_and_replug(link: Path, caplog: pytest.LogCaptureFixture) -> None:
-    emu = Emulator(
-        recording(1000),
-        rate=100,
-        speed=50,
-        frame_samples=10,
-        link=link,
-        faults=Faults(disconnect_at=40, disconnect_s=0.4),
+@pytest.mark.emulator_only
+def test_unplug_mid_frame_and_replug(
+    hil_link: HilLink, hil_emulator: EmulatorFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    hil_emulator(
+        recording(1000), rate=100, speed=50, frame_samples=10, faults=Faults(disconnect_at=40, disconnect_s=0.4)
     )
-    src = SerialSource(str(link), backoff_s=(0.02, 0.2))
+    src = hil_link.open_source(backoff_s=(0.02, 0.2))
     got = Collector()
     with caplog.at_level(logging.WARNING, logger="edge_runtime.stream"):
         # The unplug drops the half frame if the reader had not read it yet: wait for the frames, not the bytes.
-        run_pair(emu, src, got, until=lambda: len(got.frames) >= 99)
+        run_pair(hil_link, src, got, until=lambda: len(got.frames) >= 99)
     assert src.stats.disconnects == 1 and src.stats.connects == 2
     assert "disconnected" in caplog.text and "reconnected" in caplog.text
     # Frame 40 was cut in half by the unplug; every other frame arrives.
@@ -235,13 +240,16 @@ def test_unplug_mid_frame_and_replug(link: Path, caplog: pytest.LogCaptureFixtur
     assert got.bad_payload == 0
 
 
-def test_busy_port_is_reported_then_retried_with_wait(link: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.emulator_only
+def test_busy_port_is_reported_then_retried_with_wait(
+    hil_link: HilLink, hil_emulator: EmulatorFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     import serial
 
-    emu = Emulator(recording(100), rate=100, speed=20, frame_samples=10, link=link)
+    emu = hil_emulator(recording(100), rate=100, speed=20, frame_samples=10)  # made, not sending yet
     assert emu.pty is not None
     holder = serial.Serial(emu.pty.path, exclusive=True)  # another process holds the port
-    src = SerialSource(str(link), wait=True, backoff_s=(0.02, 0.1))
+    src = hil_link.open_source(wait=True, backoff_s=(0.02, 0.1))
     got = Collector()
     stop = threading.Event()
     with caplog.at_level(logging.WARNING, logger="edge_runtime.stream"):
@@ -250,9 +258,8 @@ def test_busy_port_is_reported_then_retried_with_wait(link: Path, caplog: pytest
         assert wait_until(lambda: src.stats.open_failures >= 2), "it keeps trying"
         assert src.stats.connects == 0 and src.stats.last_error == "port busy (another process holds it)"
         holder.close()  # the other process lets go
-        sender = emu.start()
-        sender.join(10)
-        assert not sender.is_alive()
+        hil_link.start(10)  # once the source has the port, the emulator sends
+        hil_link.wait_sent(10)
         assert wait_until(lambda: len(got.frames) == 10)
         stop.set()
         reader.join(5)
@@ -261,6 +268,7 @@ def test_busy_port_is_reported_then_retried_with_wait(link: Path, caplog: pytest
     assert [s for s, _, _ in got.frames] == list(range(10))
 
 
+@pytest.mark.emulator_only
 def test_busy_port_without_wait_fails_at_once(link: Path) -> None:
     import serial
 
@@ -319,8 +327,12 @@ def test_permission_denied_mentions_the_dialout_group(tmp_path: Path, monkeypatc
     assert f"permission denied: {path}" in str(err) and "'dialout' group" in str(err)
 
 
-def test_wait_waits_for_the_device_to_appear(link: Path, caplog: pytest.LogCaptureFixture) -> None:
-    src = open_source(str(link), wait=True, backoff_s=(0.01, 0.05))
+@pytest.mark.emulator_only
+def test_wait_waits_for_the_device_to_appear(
+    hil_link: HilLink, hil_emulator: EmulatorFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    link = Path(hil_link.url)  # nothing there yet: the device is not plugged in
+    src = hil_link.open_source(wait=True, backoff_s=(0.01, 0.05))
     assert isinstance(src, SerialSource)
     got = Collector()
     stop = threading.Event()
@@ -330,10 +342,9 @@ def test_wait_waits_for_the_device_to_appear(link: Path, caplog: pytest.LogCaptu
         assert wait_until(lambda: src.stats.open_failures >= 3), "it keeps trying while the device is absent"
         assert reader.is_alive() and src.stats.connects == 0
         assert src.stats.last_error == f"no such device: {link}"
-        emu = Emulator(recording(100), rate=100, speed=20, frame_samples=10, link=link)  # plugged in: the link appears
-        sender = emu.start()
-        sender.join(10)
-        assert not sender.is_alive(), "the emulator sends once the source has opened the port"
+        emu = hil_emulator(recording(100), rate=100, speed=20, frame_samples=10)  # plugged in: the link appears
+        hil_link.start(10)  # the source opens it; then the emulator sends
+        hil_link.wait_sent(10)
         assert wait_until(lambda: len(got.frames) == 10)
         stop.set()
         reader.join(5)
@@ -386,18 +397,20 @@ def test_source_stats_to_dict_includes_the_decoder_counters(tmp_path: Path) -> N
     assert out["connects"] == 0 and out["decoder"]["frames"] == 0 and out["decoder"]["crc_errors"] == 0
 
 
-def test_user_error_in_the_callback_is_not_an_io_error(link: Path) -> None:
-    emu = Emulator(recording(100), rate=100, speed=20, frame_samples=10, link=link)
-    src = SerialSource(str(link))
+@pytest.mark.hil
+def test_user_error_in_the_callback_is_not_an_io_error(hil_link: HilLink) -> None:
+    emu = hil_link.play(recording(100), rate=100, speed=20, frame_samples=10)  # a board sends its own frames
+    src = hil_link.open_source()
 
     def boom(frame: Frame, arrival_ns: int) -> None:
         raise KeyError("user bug")
 
-    emu.start()
+    hil_link.send()  # the emulator sends once the port is open (a board is sending already)
     with pytest.raises(KeyError, match="user bug"):
         src.run(boom, threading.Event())
-    emu.close()
-    assert src.stats.disconnects == 0, "a user error must not look like an unplug"
+    if emu is not None:
+        emu.close()
+    assert src.stats.connects == 1 and src.stats.disconnects == 0, "a user error must not look like an unplug"
 
 
 def test_socket_url_is_just_another_address() -> None:
@@ -580,39 +593,63 @@ def test_emulator_close_twice_does_not_linger_or_close_a_reused_fd(link: Path) -
             os.close(n)
 
 
-def test_close_during_a_simulated_unplug_leaves_no_pty_open(link: Path) -> None:
-    emu = Emulator(
-        recording(1000),
-        rate=100,
-        speed=50,
-        frame_samples=10,
-        link=link,
-        faults=Faults(disconnect_at=5, disconnect_s=60),
+@pytest.mark.emulator_only
+def test_close_during_a_simulated_unplug_leaves_no_pty_open(hil_link: HilLink, hil_emulator: EmulatorFactory) -> None:
+    emu = hil_emulator(
+        recording(1000), rate=100, speed=50, frame_samples=10, faults=Faults(disconnect_at=5, disconnect_s=60)
     )
-    src = SerialSource(str(link), backoff_s=(0.02, 0.1))
+    src = hil_link.open_source(backoff_s=(0.02, 0.1))
     stop = threading.Event()
     reader = threading.Thread(target=src.run, args=(Collector(), stop), daemon=True)
     reader.start()
-    sender = emu.start()
+    hil_link.start()
     assert wait_until(lambda: emu.stats.disconnects == 1), "the emulator unplugged"
     emu.close()
-    sender.join(10)
-    assert not sender.is_alive(), "close() ended the unplugged wait"
+    hil_link.wait_sent(10)  # HilError if close() did not end the unplugged wait
     stop.set()
     reader.join(5)
     assert not reader.is_alive()
-    assert emu.pty is not None and emu.pty.closed and not link.exists()
+    assert emu.pty is not None and emu.pty.closed and not Path(hil_link.url).exists()
 
 
-def test_spy_url_reads_through_pyserials_handler(link: Path, tmp_path: Path) -> None:
+@pytest.mark.hil
+def test_spy_url_reads_through_pyserials_handler(hil_link: HilLink, tmp_path: Path) -> None:
     """spy:// wraps the port and logs what it reads: our reader must go through its read()."""
+    if "://" in hil_link.url:
+        pytest.skip(f"spy:// wraps a device path, and --hil-port {hil_link.url} is a pyserial URL")
     log_file = tmp_path / "spy.log"
-    emu = Emulator(recording(50), rate=100, speed=20, frame_samples=10, link=link)
-    src = SerialSource(f"spy://{link}?file={log_file}")
+    emu = hil_link.play(recording(50), rate=100, speed=20, frame_samples=10)
+    src = hil_link.open_source(url=f"spy://{hil_link.url}?file={log_file}")
     got = Collector()
-    run_pair(emu, src, got)
-    assert [s for s, _, _ in got.frames] == list(range(5))
+    if emu is not None:
+        run_pair(hil_link, src, got)
+        assert [s for s, _, _ in got.frames] == list(range(5))
+    else:  # a board: five of its frames, in sequence
+        run_pair(hil_link, src, got, until=lambda: len(got.frames) >= 5)
+        seqs = [s for s, _, _ in got.frames]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     assert log_file.read_text().count("RX") > 0, "the spy handler saw the bytes"
+
+
+@pytest.mark.hil
+def test_a_clean_link_delivers_every_frame_in_order(hil_link: HilLink) -> None:
+    """No fault injected: every frame arrives, in sequence, none bad (the first test to run on a new board)."""
+    emu = hil_link.play(recording(300), rate=100, speed=50, frame_samples=10)
+    src = hil_link.open_source()
+    got = Collector()
+    run_pair(hil_link, src, got, until=None if emu is not None else lambda: len(got.frames) >= 30)
+    seqs = [s for s, _, _ in got.frames]
+    dec = src.decoder.stats
+    assert dec.oversize == dec.gaps == 0, dec
+    if emu is not None:
+        assert dec.crc_errors == dec.malformed == 0, dec
+        assert seqs == list(range(30)) and got.bad_payload == 0
+        assert all(first == seq * 10 * CH for seq, first, _ in got.frames)
+    else:
+        # A board that was sending before the port opened: the open may cut its first frame.
+        assert dec.crc_errors + dec.malformed <= 1, dec
+        assert len(seqs) >= 30 and seqs == list(range(seqs[0], seqs[0] + len(seqs))), "consecutive sequence numbers"
+    assert src.stats.connects == 1 and src.stats.disconnects == 0
 
 
 def test_npy_recording_replay(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """The serial wire protocol (firmware_notes/serial_protocol.md), sans-IO.
 
 ``encode_frame`` turns a frame into wire bytes; ``FrameDecoder`` is fed bytes and
-calls back with each frame they complete. Neither touches a port, a clock or a thread.
+calls back with each frame they complete (and, with ``on_reply``, with the body of
+each reply to a host command: see ``command.py``). Neither touches a port, a clock or
+a thread.
 The decoder owns two preallocated buffers (encoded bytes waiting for their 0x00, and
 the decoded frame); it never grows them, whatever it is fed. Zero-dense frames (every
 0x00 of the data is a COBS block) are decoded by a vectorised NumPy path, see
@@ -30,6 +32,13 @@ MAX_PAYLOAD = 65536
 MAX_FRAME = HEADER_SIZE + MAX_PAYLOAD + CRC_SIZE  # decoded: 65,564 bytes
 MAX_ENCODED = MAX_FRAME + MAX_FRAME // 254 + 1  # COBS worst case, without the 0x00
 FLAG_START = 0x0001
+#: First byte of a command frame (host -> device) and of a reply frame (device -> host):
+#: the same framing as data frames, told apart by that byte (``VERSION`` for data).
+COMMAND_TYPE = 0x81
+REPLY_TYPE = 0x82
+#: Bodies (without the CRC) of a command and of a reply, bytes; see ``command.py``.
+COMMAND_SIZE = 16
+REPLY_SIZE = 32
 
 #: Protocol dtype code -> little-endian NumPy dtype.
 DTYPES: dict[int, np.dtype[Any]] = {
@@ -327,6 +336,8 @@ class DecoderStats:
     malformed: int = 0
     oversize: int = 0
     gaps: int = 0
+    replies: int = 0  # reply frames (first byte 0x82, CRC good, 32 bytes), handed to on_reply
+    restarts: int = 0  # frames with FLAG_START: the sender (re)started (boot or reset), its sequence anew
     last_seq: dict[int, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, int]:
@@ -341,13 +352,20 @@ class FrameDecoder:
     is a read-only view of the decoder's own buffer, valid only during that call (copy
     what must be kept). ``decode_all(data)`` returns frames that own copies instead.
 
+    Reply frames (first byte ``REPLY_TYPE``, 0x82: a device answering a command) with a
+    good CRC and the reply's length are not data: they are counted in ``stats.replies``
+    and their 32-byte body (a copy, ``bytes``) is passed to ``on_reply`` if set (a
+    settable attribute: ``CommandChannel.deliver`` takes it), else dropped. Only frames
+    that fail the data checks are looked at for this, so data frames cost nothing more.
+
     Memory: the encoded bytes of the frame being received (``max_encoded``) and the
     decoded frame (``MAX_FRAME``), preallocated; for zero-dense frames, also the
     ``DecodeScratch`` of the vectorised decoder (~33 x ``max_encoded``), allocated the
     first time one arrives.
     """
 
-    def __init__(self, max_encoded: int = MAX_ENCODED) -> None:
+    def __init__(self, max_encoded: int = MAX_ENCODED, *, on_reply: Callable[[bytes], object] | None = None) -> None:
+        self.on_reply = on_reply
         self._pending = bytearray(max_encoded)  # encoded bytes of the frame being received
         self._pending_view = memoryview(self._pending)
         self._n = 0
@@ -455,13 +473,21 @@ class FrameDecoder:
         dtype = DTYPES.get(code)
         payload_len = length - HEADER_SIZE - CRC_SIZE
         if version != VERSION or dtype is None or channels == 0 or samples * channels * dtype.itemsize != payload_len:
+            if version == REPLY_TYPE and length == REPLY_SIZE + CRC_SIZE:  # not data: a reply to a command
+                stats.replies += 1
+                if self.on_reply is not None:
+                    self.on_reply(bytes(out[:REPLY_SIZE]))
+                return None
             stats.malformed += 1
             return None
-        last = stats.last_seq.get(stream)
-        if last is not None and not flags & FLAG_START:
-            missing = (seq - last - 1) & 0xFFFFFFFF
-            if missing < 0x80000000:  # a jump backwards (duplicate, reorder) is not a gap
-                stats.gaps += missing
+        if flags & FLAG_START:
+            stats.restarts += 1
+        else:
+            last = stats.last_seq.get(stream)
+            if last is not None:
+                missing = (seq - last - 1) & 0xFFFFFFFF
+                if missing < 0x80000000:  # a jump backwards (duplicate, reorder) is not a gap
+                    stats.gaps += missing
         stats.last_seq[stream] = seq
         stats.frames += 1
         payload = self._out_ro[HEADER_SIZE : HEADER_SIZE + payload_len]

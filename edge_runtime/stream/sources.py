@@ -19,6 +19,11 @@ the source's to handle: it reports them, backs off, reconnects and resumes. A po
 has never opened is a ``SourceError`` at once, unless ``wait=True`` (then the source
 waits for the device to appear). An exception raised by ``on_frame`` (user code) is not
 an I/O error: it ends ``run`` and propagates as is.
+
+A serial source also carries commands to the device while ``run`` reads
+(``SerialSource.command``, ``start_stream``, ``stop_stream``, ``set_rate``, ``ping``;
+firmware_notes/serial_protocol.md, "Commands and replies"): they are written from the
+caller's thread, and ``run``'s reader hands the replies back.
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ from urllib.parse import parse_qsl
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import ArgumentError, SourceError
+from ..errors import ArgumentError, SourceError, StreamError
 from .codec import DecoderStats, Frame, FrameDecoder
+from .command import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, ClockEstimate, Command, CommandChannel, Reply
 
 log = logging.getLogger("edge_runtime.stream")
 
@@ -295,7 +301,19 @@ class SerialSource:
     forgets the partial frame and resumes, whatever ``wait`` says: ``wait`` is about the
     first open, ``reconnect`` about a port that has been open. ``stale_after_s``: seconds
     without a frame before a "sensor silent?" warning. ``exclusive``: lock the port
-    against other processes. Other keyword options go to ``serial.serial_for_url``.
+    against other processes. Other keyword options go to ``serial.serial_for_url``
+    (``write_timeout``, seconds, defaults to 1.0 here: a write of a command never blocks
+    for longer).
+
+    Commands (thread-safe, from any thread while ``run`` reads on another):
+    ``command(cmd)`` sends one and returns the device's ``Reply``; ``start_stream``,
+    ``stop_stream``, ``set_rate`` are its short forms; ``ping(n)`` measures the board
+    clock's offset (``ClockEstimate``, also kept in ``clock``). One command is on the wire
+    at a time; each waits ``timeout_s`` per attempt and resends ``retries`` times. No
+    reply: ``CommandTimeoutError`` (a ``StreamError`` and a ``TimeoutError``); a NACK:
+    ``CommandRejectedError``; the link not open (``run`` not reading, or the port not
+    reopened within ``timeout_s`` after an unplug): ``StreamError``. Each names the port.
+    Counters: ``channel.stats``; the decoder counts replies in ``stats.decoder.replies``.
     """
 
     def __init__(
@@ -328,6 +346,100 @@ class SerialSource:
         self.decoder = FrameDecoder()
         self.stats.decoder = self.decoder.stats  # read when asked, not copied on every read
         self._buf = bytearray(read_size)
+        # Commands: the port run() has open (None between connects), writers serialised by _write_lock.
+        self._port: Any | None = None
+        self._running = 0  # run() calls in progress
+        self._link = threading.Condition()  # guards _port and _running; notified when they change
+        self._write_lock = threading.Lock()
+        self.channel = CommandChannel(self._write_command, device=base)
+
+    # ---- commands to the device ----------------------------------------------------
+
+    @property
+    def clock(self) -> ClockEstimate | None:
+        """The board clock's offset from the last ``ping`` burst (board - host, microseconds), or None."""
+        return self.channel.clock
+
+    def command(self, cmd: Command, *, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES) -> Reply:
+        """Send ``cmd`` (under a fresh token: ``cmd.token`` is replaced) and return the device's ACK.
+
+        ``timeout_s``: seconds to wait for the reply per attempt; ``retries``: resends of
+        the same frame after a timeout. Raises ``CommandTimeoutError``,
+        ``CommandRejectedError`` (NACK; the reply is its ``reply``) or ``StreamError``
+        (link not open), each with the port and the reason.
+        """
+        return self.channel.send(cmd, timeout_s=timeout_s, retries=retries)
+
+    def start_stream(
+        self, stream_id: int = 0, *, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES
+    ) -> Reply:
+        """START: the device resumes sending frames of ``stream_id`` (the next ``seq``). See ``command``."""
+        return self.command(Command.start(stream_id), timeout_s=timeout_s, retries=retries)
+
+    def stop_stream(
+        self, stream_id: int = 0, *, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES
+    ) -> Reply:
+        """STOP: no frame of ``stream_id`` is read after the ACK returns. See ``command``."""
+        return self.command(Command.stop(stream_id), timeout_s=timeout_s, retries=retries)
+
+    def set_rate(
+        self,
+        interval_us: int,
+        stream_id: int = 0,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
+    ) -> Reply:
+        """SET_RATE: ``interval_us`` microseconds between samples (100 Hz: 10000) in the frames that follow.
+
+        A value the device does not accept (0, above its range) is a ``CommandRejectedError``
+        (NACK BAD_ARGUMENT). See ``command``.
+        """
+        return self.command(Command.set_rate(interval_us, stream_id), timeout_s=timeout_s, retries=retries)
+
+    def ping(self, n: int = 8, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> ClockEstimate:
+        """A burst of ``n`` PINGs: the board clock's offset from the host clock, from the one with the smallest rtt.
+
+        ``offset_us`` is board - host in microseconds, exact within ``error_us`` (rtt / 2);
+        ``board_to_host_us(frame.timestamp_us)`` puts a frame's time on the host clock
+        (``time.perf_counter_ns() // 1000``, the clock of ``arrival_ns``). Kept in ``clock``.
+        """
+        return self.channel.ping(n, timeout_s=timeout_s)
+
+    def _write_command(self, wire: bytes, timeout_s: float) -> None:
+        """Write one command frame on the open port, waiting up to ``timeout_s`` for it to be open."""
+        import serial
+
+        deadline = time.monotonic() + timeout_s
+        with self._link:
+            while self._port is None:
+                left = deadline - time.monotonic()
+                if not self._running:
+                    raise StreamError(
+                        "cannot send a command: the link is not open (SerialSource.run is not reading the port; "
+                        "replies arrive through it)",
+                        device=self.port_url,
+                    )
+                if left <= 0:
+                    why = self.stats.last_error or "not opened yet"
+                    raise StreamError(
+                        f"cannot send a command: the link is not open after {timeout_s:g} s ({why})",
+                        device=self.port_url,
+                    )
+                self._link.wait(left)
+            port = self._port
+        with self._write_lock:
+            if self._port is not port:  # closed after we looked: the reader's close waits for this lock
+                raise StreamError("cannot send a command: the link closed while sending", device=self.port_url)
+            try:
+                port.write(wire)  # pyserial writes through (no buffer of its own): no flush (tcdrain) needed
+            except (serial.SerialException, OSError) as exc:
+                raise StreamError(f"cannot send a command: {type(exc).__name__}: {exc}", device=self.port_url) from exc
+
+    def _set_port(self, port: Any | None) -> None:
+        with self._link:
+            self._port = port
+            self._link.notify_all()
 
     def _why_not_open(self, exc: BaseException) -> tuple[str, bool]:
         """(why the port did not open, whether waiting cannot fix it)."""
@@ -357,13 +469,14 @@ class SerialSource:
         delay = self.backoff_s[0]
         while not stop.is_set():
             try:
+                options = {"write_timeout": 1.0, **self.serial_options}
                 port = serial.serial_for_url(
                     self.port_url,
                     do_not_open=True,
                     baudrate=self.baud,
                     timeout=0.05,
                     exclusive=self.exclusive,
-                    **self.serial_options,
+                    **options,
                 )
                 port.open()
                 port.reset_input_buffer()  # flush what piled up while nobody read
@@ -394,18 +507,34 @@ class SerialSource:
         return None
 
     def run(self, on_frame: OnFrame, stop: threading.Event) -> None:
-        """Read frames into ``on_frame`` until ``stop`` is set (see the class for failures)."""
+        """Read frames into ``on_frame`` until ``stop`` is set (see the class for failures).
+
+        While it runs, commands can be sent from other threads (``command``, ``ping``...).
+        """
+        with self._link:
+            self._running += 1
+        try:
+            self._run(on_frame, stop)
+        finally:
+            with self._link:
+                self._running -= 1
+                self._link.notify_all()
+
+    def _run(self, on_frame: OnFrame, stop: threading.Event) -> None:
         while not stop.is_set():
             port = self._open(stop)
             if port is None:
                 return
+            self._set_port(port)
             try:
                 reason = self._read_until_lost(port, on_frame, stop)
             finally:
-                try:
-                    port.close()
-                except Exception:  # noqa: BLE001 - closing a dead port may fail any way; it is gone
-                    pass
+                self._set_port(None)
+                with self._write_lock:  # a command being written finishes first
+                    try:
+                        port.close()
+                    except Exception:  # noqa: BLE001 - closing a dead port may fail any way; it is gone
+                        pass
             if reason is None:
                 return
             self.stats.disconnects += 1
@@ -436,6 +565,13 @@ class SerialSource:
         def deliver(frame: Frame) -> None:  # called by feed for each frame of a read
             stats.frames += 1
             on_frame(frame, arrival)  # user code: its exceptions are not I/O errors
+
+        channel = self.channel
+
+        def reply(body: bytes) -> None:  # called by feed for each reply to a command (never raises)
+            channel.deliver(body, arrival)
+
+        decoder.on_reply = reply
 
         while not stop.is_set():
             try:
