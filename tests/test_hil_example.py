@@ -73,7 +73,7 @@ def test_the_example_passes_records_its_figures_fails_on_a_bad_golden_file_and_s
     bad_out, _ = bad.communicate(timeout=120)
 
     assert good.returncode == 0, good_out[-4000:]
-    assert "2 passed, 1 skipped" in good_out, good_out[-2000:]
+    assert "3 passed, 1 skipped" in good_out, good_out[-2000:]
     assert "hil link: the firmware emulator" in good_out
     skip_line = [line for line in good_out.splitlines() if line.startswith("SKIPPED [1] ")]
     assert len(skip_line) == 1 and "test_board_basicmotions.py" in skip_line[0], good_out[-2000:]
@@ -92,12 +92,15 @@ def test_the_example_passes_records_its_figures_fails_on_a_bad_golden_file_and_s
     assert figures["hil_results"] == "40" and figures["hil_frames_lost"] == "0"
     assert figures["hil_golden_windows"] == "40" and figures["hil_golden_differing"] == "0"
     assert int(properties(cases["test_noise_between_frames_changes_no_result"])["hil_malformed"]) > 0
+    clock = properties(cases["test_results_carry_board_time_on_the_host_clock"])
+    assert float(clock["hil_link_rtt_us"]) > 0 and float(clock["hil_clock_error_us"]) > 0
+    assert float(clock["hil_sample_to_result_max_us"]) >= 0 and "hil_clock_offset_us" in clock
     skipped = cases["test_board_sends_the_format_the_model_was_trained_on"].find("skipped")
     assert skipped is not None and "board_only: needs a real board" in skipped.attrib["message"]
     assert "--hil-port URL" in skipped.attrib["message"]
 
     assert bad.returncode == 1, bad_out[-4000:]
-    assert "2 failed, 1 skipped" in bad_out, bad_out[-2000:]
+    assert "2 failed, 1 passed, 1 skipped" in bad_out, bad_out[-2000:]
     assert "1 of 40 windows differ (allowed: 0)" in bad_out
     assert "first differing window: window_index 7 (label)" in bad_out
     assert f"expected: label '{window['label']}'" in bad_out and f"got:      label '{expected_label}'" in bad_out

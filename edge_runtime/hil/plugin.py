@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
     from ..runner import Runner
     from ..stream.codec import DecoderStats, Frame
+    from ..stream.command import ClockEstimate
     from ..stream.pipeline import Stream, StreamResult, StreamStats
     from ..stream.preprocess import Preprocess
     from ..stream.sources import OnFrame, SerialSource, SourceStats
@@ -600,6 +601,8 @@ class HilRun:
         self.results = results
         self.emulator = link.emulator
         self.error: BaseException | None = None
+        #: The board clock's offset from the host's, after ``sync_clock()`` (else None).
+        self.clock: ClockEstimate | None = None
         self._on_result = on_result
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._consume, name="edge_runtime-hil-results", daemon=True)
@@ -649,6 +652,22 @@ class HilRun:
                     f"the runtime did not open the port within {connect_timeout_s:g} s", device=self.link.url
                 )
             time.sleep(0.005)
+
+    def sync_clock(self, n: int = 8, timeout_s: float = 0.5) -> ClockEstimate:
+        """PING the board ``n`` times over the command channel: the link's round-trip time and the
+        board clock's offset from the host's, from the ping with the smallest rtt (kept in
+        ``clock``). Raises the channel's ``CommandTimeoutError`` when the board does not answer
+        (firmware without the command channel: see ``serial_protocol.md``)."""
+        self.clock = self.source.ping(n, timeout_s=timeout_s)
+        return self.clock
+
+    def host_time_us(self, result: StreamResult) -> float:
+        """When the board took the last sample of ``result``'s window, on the host clock
+        (``time.perf_counter_ns() // 1000``, as ``ResultCollector.arrivals_ns / 1000``), within
+        ``clock.error_us``. Needs ``sync_clock()`` first."""
+        if self.clock is None:
+            raise HilError("no clock offset yet: call run.sync_clock() first", device=self.link.url)
+        return self.clock.board_to_host_us(result.timestamp_us)
 
     def stop(self) -> None:
         """Stop the stream (windows already queued are still computed) and wait for its thread.
@@ -799,6 +818,18 @@ class HilReport:
             out["invoke_p50_us"] = statistics.median(r.invoke_us for r in results)
         if len(arrivals_ns) >= 2 and arrivals_ns[-1] > arrivals_ns[0]:
             out["results_per_s"] = (len(arrivals_ns) - 1) / ((arrivals_ns[-1] - arrivals_ns[0]) / 1e9)
+        for name, value in out.items():
+            self.record(name, value)
+        return out
+
+    def clock(self, estimate: ClockEstimate) -> dict[str, float]:
+        """Record a ``HilRun.sync_clock()`` result: ``link_rtt_us`` (the best ping's round trip),
+        ``clock_offset_us`` (board - host) and ``clock_error_us`` (the bound on it, rtt / 2)."""
+        out = {
+            "link_rtt_us": float(estimate.rtt_us),
+            "clock_offset_us": float(estimate.offset_us),
+            "clock_error_us": float(estimate.error_us),
+        }
         for name, value in out.items():
             self.record(name, value)
         return out

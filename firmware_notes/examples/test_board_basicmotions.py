@@ -24,6 +24,7 @@ import pytest
 
 from edge_runtime.hil.emulator import Faults, load_recording
 from edge_runtime.hil.plugin import EmulatorFactory, GoldenCheck, HilLink, HilReport, HilStreams
+from edge_runtime.stream.command import host_clock_us
 
 # The model and the recording ship inside the package, so this file runs from any directory.
 DATA = Path(str(files("edge_runtime") / "data"))
@@ -47,6 +48,26 @@ def test_labels_match_the_golden_file(
     hil_report.stream(run)  # latency percentiles, results/s, frames lost: JUnit properties
     assert run.decoder.crc_errors == run.decoder.malformed == run.decoder.gaps == 0, run.describe()
     hil_golden(GOLDEN, results)  # labels equal, scores within 0.01, window by window
+
+
+def test_results_carry_board_time_on_the_host_clock(
+    hil_link: HilLink, hil_stream: HilStreams, hil_report: HilReport
+) -> None:
+    """PING the board over the command channel: the link's round-trip time and the board clock's
+    offset from the host's go into the report, and each result's window, mapped from board time
+    to host time, ended before its result reached the host (within the offset's error bound)."""
+    began_us = host_clock_us()  # before the board sends anything (it starts when the port opens)
+    hil_link.play(RECORDING, rate=1000.0, speed=1.0, loop=True)  # real time: frame stamps follow the board clock
+    with hil_stream(MODEL) as run:
+        clock = run.sync_clock(n=8)
+        results = run.results.wait_for(5, timeout_s=TIMEOUT_S)
+        arrivals_us = [ns / 1000 for ns in run.results.arrivals_ns[:5]]
+    hil_report.clock(clock)
+    ages = [arrived - run.host_time_us(r) for r, arrived in zip(results, arrivals_us)]
+    hil_report.record("sample_to_result_max_us", max(ages))  # sensor sample taken -> result on the host
+    # causality both ways: taken after the test began, and before the result arrived
+    assert all(run.host_time_us(r) >= began_us - clock.error_us for r in results), (began_us, clock)
+    assert all(age >= -clock.error_us for age in ages), (ages, clock)
 
 
 @pytest.mark.emulator_only
