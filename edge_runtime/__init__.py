@@ -31,8 +31,11 @@ from .errors import (
     ModelFileError,
     ModelLoadError,
     ModelQuarantinedError,
+    SignatureError,
     SourceError,
+    StoreError,
     StreamError,
+    VersionError,
 )
 from .loader import load
 from .model import Model, load_model
@@ -81,9 +84,12 @@ __all__ = [
     "Quantization",
     "Runner",
     "Selection",
+    "SignatureError",
     "SourceError",
+    "StoreError",
     "StreamError",
     "TensorSpec",
+    "VersionError",
     "__version__",
     "dequantize",
     "devices",

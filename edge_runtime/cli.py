@@ -187,15 +187,20 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace, model: str | None = None, threads: int | None = None) -> Runner:
+def _load(
+    args: argparse.Namespace, model: str | None = None, threads: int | None = None, isolate: bool = False
+) -> Runner:
+    """Load as the verb's options say; ``isolate``: the verb's default for ``--isolate`` (``info``: on)."""
     plugins = _plugins(args.openvino_plugin)
     _register_plugins(plugins)
+    wanted = getattr(args, "isolate", None)
     return load(
         model or args.model,
         args.device or "auto",
         threads=args.threads if args.threads is not None else threads,
         cache_dir=args.cache_dir,
         openvino_plugins=plugins,
+        isolate=isolate if wanted is None else wanted,
     )
 
 
@@ -251,7 +256,9 @@ def _bundle_info(args: argparse.Namespace, model: EarlyExitModel) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    with _load(args) as model:
+    # isolated by default: `info` is what one runs on a file someone sent, and a file that crashes
+    # a native reader then kills only the model's process (a clean error here, exit 1)
+    with _load(args, isolate=True) as model:
         if isinstance(model, EarlyExitModel):
             return _bundle_info(args, model)
         assert isinstance(model, Model)
@@ -736,18 +743,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 0 if stopped.signal == "SIGTERM" else EXIT_INTERRUPTED
         return service.run()
     cfg = load_config(args.check)
+    from .daemon.service import resolve_store, verify_pipeline
     from .daemon.worker import load_on_devices
     from .loader import load
 
     loaded: dict[str, tuple[str, list[str]]] = {}  # pipeline -> (device, what was passed over)
+    releases: dict[str, str | None] = {}  # pipeline -> signed model_version (None: unsigned)
     for pl in cfg.pipelines:  # each model on its device list, checked against the config: as serve will
+        resolved = resolve_store(pl, cfg.model_store, clean=False)
+        if resolved is None:  # load_config let it through: an update waits in the inbox
+            loaded[pl.name] = ("", [])  # "loads_on": nothing yet
+            releases[pl.name] = None
+            continue
+        resolved, releases[pl.name] = verify_pipeline(resolved)
         passed: list[str] = []
-        runner, _ = load_on_devices(load, pl, passed_over=passed)
+        runner, _ = load_on_devices(load, resolved, passed_over=passed)
         loaded[pl.name] = (runner.device, passed + list(runner.attempts))
         runner.close()
     summary: dict[str, Any] = {
         "config": str(cfg.path),
         "state_dir": str(cfg.state_dir),
+        "trusted_keys": [str(k) for k in cfg.trusted_keys],
+        "model_store": None if cfg.model_store is None else str(cfg.model_store),
+        "updates": None if cfg.updates is None else str(cfg.updates),
         "metrics": cfg.metrics.listen if cfg.metrics.enabled else None,
         "mqtt": f"{cfg.mqtt.host}:{cfg.mqtt.port}" if cfg.mqtt else None,
         "pipelines": [
@@ -755,9 +773,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "name": p.name,
                 "source": p.source,
                 "model": str(p.model),
+                "from_store": p.from_store,
+                "model_version": releases[p.name],
                 "sha256_pinned": p.sha256 is not None,
                 "device": list(p.device),
-                "loads_on": loaded[p.name][0],
+                "loads_on": loaded[p.name][0] or None,
                 "passed_over": loaded[p.name][1],
                 "sinks": [s.kind if s.path is None else f"{s.kind}:{s.path}" for s in p.sinks],
             }
@@ -765,13 +785,107 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ],
     }
     lines = [f"{cfg.path}: ok, {len(cfg.pipelines)} pipeline(s)"]
+    if cfg.trusted_keys:
+        lines.append(f"  signed models only: {len(cfg.trusted_keys)} trusted key(s)")
+    if cfg.model_store is not None:
+        lines.append(f"  model store: {cfg.model_store}; updates inbox: {cfg.updates or 'none'}")
     for pl in cfg.pipelines:
         pin = ", sha256 pinned" if pl.sha256 else ""
+        if releases[pl.name] is not None:
+            pin += f", signed release {releases[pl.name]}"
+        if pl.from_store:
+            pin += " (the store's current release)"
         sinks = ", ".join(s.kind if s.path is None else f"{s.kind}:{s.path}" for s in pl.sinks)
         device, passed = loaded[pl.name]
-        lines.append(f"  {pl.name}: {pl.source} -> {pl.model}{pin} on {device} -> {sinks}")
+        where = (
+            f"on {device}"
+            if device
+            else "not loaded: the store holds no release yet; serve installs the update waiting in the inbox first"
+        )
+        lines.append(f"  {pl.name}: {pl.source} -> {pl.model}{pin} {where} -> {sinks}")
         lines.extend(f"    passed over: {line}" for line in passed)
     _emit(args, summary, "\n".join(lines))
+    return 0
+
+
+def _version_arg(text: str) -> str:
+    """argparse type: a version ``edge_runtime.manifest`` can compare (e.g. 1.2.0)."""
+    from .manifest import check_version
+
+    try:
+        return check_version(text)
+    except ArgumentError as exc:
+        raise argparse.ArgumentTypeError(exc.reason.removeprefix("version: ")) from None
+
+
+def _size_text(n: int) -> str:
+    return f"{n:,} bytes"
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    """``keys create DIR``: a new Ed25519 signing key pair; never overwrites one."""
+    from .manifest import create_keypair, key_id, load_public_key
+
+    private, public = create_keypair(args.dir, args.name)
+    kid = key_id(load_public_key(public))
+    text = (
+        f"private key: {private} (mode 0600: keep it secret, on the signing machine only)\n"
+        f"public key:  {public} (key id {kid}: give it to devices and to verify --trusted)"
+    )
+    _emit(args, {"private_key": str(private), "public_key": str(public), "key_id": kid}, text)
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    """``sign MODEL_OR_BUNDLE --key KEY --version V``: write the signed manifest beside it."""
+    from .manifest import load_private_key, read_unverified, sign, signature_path
+
+    try:
+        key = load_private_key(args.key)
+    except ArgumentError as exc:
+        raise UsageError(f"--key: {exc.reason}", path=exc.path) from None
+    manifest = sign(args.model, key, args.version, args.min_runtime)
+    doc = read_unverified(manifest)
+    total = sum(f["size"] for f in doc["files"])
+    text = (
+        f"signed:    {args.model} ({doc['kind']}, {len(doc['files'])} files, {_size_text(total)})\n"
+        f"manifest:  {manifest}\n"
+        f"signature: {signature_path(manifest)} (Ed25519, key id {doc['key_id']})\n"
+        f"version:   {doc['model_version']} (installs on edge-runtime >= {doc['min_runtime_version']})"
+    )
+    out = {"manifest": str(manifest), "signature": str(signature_path(manifest)), **doc}
+    _emit(args, out, text)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``verify MODEL_OR_BUNDLE --trusted KEY.pub...``: check signature, versions and every file."""
+    from .manifest import key_id, load_public_key, verify
+
+    keys = []
+    for path in args.trusted:
+        try:
+            keys.append(load_public_key(path))
+        except ArgumentError as exc:
+            raise UsageError(f"--trusted: {exc.reason}", path=exc.path) from None
+    v = verify(args.model, keys, installed_version=args.installed)
+    key_files = {key_id(k): path for k, path in zip(keys, args.trusted)}
+    installed = f"; installed {args.installed}: not a downgrade" if args.installed else ""
+    rows = [[f.path, f"{f.size:,}", f.sha256] for f in v.files]
+    text = (
+        f"verified:  {v.target} ({v.kind}, {len(v.files)} files, {_size_text(v.total_bytes)})\n"
+        f"manifest:  {v.manifest} (sha256 {v.digest[:16]}...)\n"
+        f"signature: {v.signature} (Ed25519, good)\n"
+        f"key:       {v.key_id} (trusted: {key_files.get(v.key_id, '?')})\n"
+        f"version:   {v.model_version} (needs edge-runtime >= {v.min_runtime_version}; this is {__version__})"
+        f"{installed}\n"
+        f"files:     every listed file matches its sha256 and size; no file is unlisted\n\n"
+        + _table(rows, ["file", "bytes", "sha256"])
+    )
+    out = v.to_dict()
+    out["key_path"] = key_files.get(v.key_id)
+    out["installed_version"] = args.installed
+    _emit(args, out, text)
     return 0
 
 
@@ -819,6 +933,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "--threads", type=positive_int, default=None, help="CPU threads for inference (default: backend's)"
             )
             p.add_argument("--cache-dir", default=None, help="OpenVINO compiled-model cache directory")
+            p.add_argument(
+                "--isolate",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help="run the model in a child process, so a native crash in the interpreter is a clean error "
+                "(default: on for info, off otherwise)",
+            )
 
     p = verb("devices", "list every accelerator found, and why the missing ones are missing", cmd_devices)
     common(p, model=False)
@@ -980,6 +1101,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=speed_value, default=100.0, help="times real time, or 'max' (default 100)")
     frame_samples_opt(p)
     stream_opts(p)
+
+    p = verb("keys", "make an Ed25519 key pair to sign model releases with", cmd_keys_create)
+    keys = p.add_subparsers(dest="keys_action", required=True, metavar="ACTION", parser_class=Parser)
+    p = keys.add_parser(
+        "create",
+        help="write DIR/NAME.key (private, mode 0600) and DIR/NAME.pub; never overwrites a key",
+        description="Write a new Ed25519 key pair: DIR/NAME.key (private, PKCS#8 PEM, mode 0600) and "
+        "DIR/NAME.pub (public, PEM). Refuses to overwrite either file.",
+        parents=[log_opts],
+    )
+    p.set_defaults(func=cmd_keys_create)
+    p.add_argument("dir", metavar="DIR", help="directory for the key files (created, mode 0700, if missing)")
+    p.add_argument("--name", default="signing", help="file name stem of the key files (default: signing)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    p = verb(
+        "sign",
+        "write a signed manifest (every file's sha256 and size, the version) beside a model or bundle",
+        cmd_sign,
+    )
+    p.add_argument(
+        "model",
+        metavar="MODEL_OR_BUNDLE",
+        help="a .tflite, .xml (with its .bin) or .onnx file (its MODEL.json sidecar is signed too), or an "
+        "early-exit bundle directory (every file in it); writes MODEL.manifest.json or DIR/manifest.json, "
+        "and the Ed25519 signature beside it as .sig",
+    )
+    p.add_argument("--key", required=True, metavar="PRIVATE", help="the private key file (from keys create)")
+    p.add_argument(
+        "--version", required=True, type=_version_arg, metavar="V", help="the release's model_version, e.g. 1.2.0"
+    )
+    p.add_argument(
+        "--min-runtime",
+        type=_version_arg,
+        default=None,
+        metavar="V",
+        help=f"the oldest edge-runtime that may install it (default: this one, {__version__})",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    p = verb(
+        "verify",
+        "check a model's or bundle's signed manifest: signature, trusted key, versions, every file",
+        cmd_verify,
+    )
+    p.add_argument("model", metavar="MODEL_OR_BUNDLE", help="a signed model file or bundle directory")
+    p.add_argument(
+        "--trusted",
+        required=True,
+        action="append",
+        metavar="PUBLIC",
+        help="a trusted public key file (.pub); repeatable",
+    )
+    p.add_argument(
+        "--installed",
+        type=_version_arg,
+        default=None,
+        metavar="V",
+        help="the version installed now: refuse a release below it (a downgrade; equal is allowed)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return parser
 
 

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from .bundle import Manifest, confidence, read_manifest, softmax, with_thresholds
 from .errors import ArgumentError, InputError, ModelClosedError, ModelLoadError
-from .model import Model, load_model
+from .model import Model, TrustedKeys, load_model
 from .result import Classification, label_for
 from .runner import Fill, Inputs
 from .tensors import TensorSpec, dequantize, quantize
@@ -80,6 +80,8 @@ class EarlyExitModel:
         self._base_cost_us = list(self.stage_cost_us)
         self.op_count = sum(s.op_count or 0 for s in stages)
         self.size_bytes = sum(s.size_bytes for s in stages)
+        #: The bundle's signed manifest verified at load (``trusted_keys=``), else None.
+        self.release = first.release
 
     def _check_stages(self) -> None:
         m = self.manifest
@@ -367,13 +369,24 @@ class EarlyExitModel:
 
 
 def load_bundle(
-    path: str | Path, device: str | Sequence[str] = "auto", *, labels: Sequence[str] | None = None, **options: Any
+    path: str | Path,
+    device: str | Sequence[str] = "auto",
+    *,
+    labels: Sequence[str] | None = None,
+    trusted_keys: TrustedKeys | None = None,
+    **options: Any,
 ) -> EarlyExitModel:
     """Load every stage of the bundle at ``path`` on one device (the one stage 0 lands on).
 
-    ``options`` are ``load_model``'s (threads, cache_dir, ...). Raises ``ModelFileError`` for
-    a bad manifest, and what ``load_model`` raises for a stage.
+    ``options`` are ``load_model``'s (threads, cache_dir, ...). ``trusted_keys`` (among them):
+    the whole bundle directory is verified against its signed ``manifest.json`` first, and
+    each stage's bytes, once read, are compared with it (see ``edge_runtime.load``). Raises
+    ``ModelFileError`` for a bad manifest, and what ``load_model`` raises for a stage.
     """
+    if trusted_keys is not None and options.get("release") is None:
+        from .model import verify_signed
+
+        options["release"] = verify_signed(path, trusted_keys)
     manifest = read_manifest(path)
     stages: list[Model] = []
     try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from .backends.isolated import Isolation
 from .device_info import Device
-from .model import load_model, merge_threads
+from .model import TrustedKeys, load_model, merge_threads
 from .runner import Runner
 
 
@@ -31,6 +31,7 @@ def load(
     labels: Sequence[str] | None = None,
     num_threads: int | None = None,
     isolate: bool | Isolation = False,
+    trusted_keys: TrustedKeys | None = None,
 ) -> Runner:
     """Load a model file or an early-exit bundle on the best requested device; return a ``Runner``.
 
@@ -48,11 +49,22 @@ def load(
     ``isolate``: run the model in a child process (True, or an ``Isolation`` policy), so a
     native crash or hang in the interpreter kills only the child: it raises
     ``ModelCrashError`` here and the child is restarted; see ``edge_runtime.backends.isolated``.
+    ``trusted_keys``: public key files (``.pub``) or ``Ed25519PublicKey`` objects. Given, the
+    model or bundle must be a release signed by one of them (``edge-runtime sign``): its signed
+    manifest is verified (``edge_runtime.manifest.verify``: signature, every file's sha256 and
+    size, no file missing or unlisted) before any backend sees a byte, and the bytes then read
+    are compared with the manifest again, so a file replaced after the check is refused too.
+    The runner's ``release`` is the verified manifest (None without keys). ``manifest`` and the
+    ``cryptography`` package are imported only when keys are given. An empty list is an error,
+    not "no check".
 
     Raises ``ModelFileError`` for a bad file or directory, ``DeviceRequestError`` for a
     request that does not parse, ``ArgumentError`` for a bad option value,
     ``DeviceUnavailableError`` when no requested device is there, and ``ModelLoadError``
-    when every candidate failed to load (each reason listed).
+    when every candidate failed to load (each reason listed). With ``trusted_keys``:
+    ``SignatureError`` (a ``ModelFileError``, so no other device is tried) for an unsigned,
+    wrongly signed, tampered or mixed model or bundle, ``VersionError`` for a release that needs
+    a newer edge_runtime, ``ArgumentError`` for a bad key file or a missing ``cryptography``.
     """
     threads = merge_threads(threads, num_threads)
     options: dict[str, Any] = {
@@ -65,6 +77,8 @@ def load(
         "labels": labels,
         "isolate": isolate,
     }
+    if trusted_keys is not None:
+        options["trusted_keys"] = trusted_keys
     if Path(path).is_dir():
         from .bundle import MANIFEST  # imported when a directory is loaded: a plain model never needs them
 

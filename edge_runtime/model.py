@@ -17,13 +17,15 @@ Copies on the per-inference paths (each one counted):
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +42,9 @@ from .errors import (
     DeviceUnavailableError,
     InputError,
     ModelClosedError,
+    ModelFileError,
     ModelLoadError,
+    SignatureError,
 )
 from .model_file import READERS, ModelSource, read_model_file
 from .result import Classification, top_score
@@ -48,7 +52,20 @@ from .runner import Fill, Inputs
 from .sidecar import Sidecar, read_sidecar, sidecar_path
 from .tensors import Quantizer, TensorSpec, dequantize, quantize, unquantized_message
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from .manifest import ManifestFile, VerifiedManifest
+
 log = logging.getLogger("edge_runtime")
+
+#: What ``trusted_keys=`` takes: public key files (PEM, ``edge-runtime keys create`` writes them)
+#: or ``Ed25519PublicKey`` objects; one of them alone is taken as a list of one.
+TrustedKeys = Union[
+    str, os.PathLike[str], "Ed25519PublicKey", Sequence[Union[str, os.PathLike[str], "Ed25519PublicKey"]]
+]
+
+NEED_CRYPTOGRAPHY = "signed models need the 'cryptography' package: pip install cryptography"
 
 
 class Model:
@@ -63,6 +80,7 @@ class Model:
         attempts: Sequence[str],
         sidecar: Sidecar | None = None,
         labels: Sequence[str] | None = None,
+        release: VerifiedManifest | None = None,
     ) -> None:
         self._session: Session | None = session
         self.path: Path = source.path
@@ -91,6 +109,9 @@ class Model:
         self._fast = (first.dtype, first.shape) if first is not None else None
         self._writable = session.capabilities.writable_inputs
         self._quantizers = [Quantizer(s) if s.quantization is not None else None for s in self.inputs]
+        #: The signed manifest verified at load (``trusted_keys=``; a bundle stage: the bundle's),
+        #: its ``model_version`` and ``digest`` naming the release; None when loaded unverified.
+        self.release: VerifiedManifest | None = release
 
     @property
     def session(self) -> Session:
@@ -313,20 +334,26 @@ def load_model(
     sidecar: bool = True,
     num_threads: int | None = None,
     isolate: bool | Isolation = False,
+    trusted_keys: TrustedKeys | None = None,
+    release: VerifiedManifest | None = None,
 ) -> Model:
     """Load one ``.tflite``, OpenVINO IR ``.xml`` or ``.onnx`` file on the best requested device.
 
     ``edge_runtime.load`` takes the same arguments and also loads bundles; this is the
     precisely typed door for a model file. ``sidecar``: read ``MODEL.json`` beside the
     file (labels, preprocessing) when it exists; a malformed one is an ``ArgumentError``.
-    See ``edge_runtime.load`` for the rest.
+    ``release``: a manifest already verified that lists this file (``load_bundle`` passes its
+    bundle's): the bytes read must match its entry, as with ``trusted_keys``, without verifying
+    again. See ``edge_runtime.load`` for the rest.
     """
     policy = as_isolation(isolate)
     requests = [parse_request(r) for r in ([device] if isinstance(device, str) else device)]
     if not requests:
         raise DeviceRequestError("empty device request list", path=str(path))
     threads = merge_threads(threads, num_threads)
-    source = read_model_file(path)
+    if release is None and trusted_keys is not None:
+        release = verify_signed(path, trusted_keys)
+    source = read_model_file(path) if release is None else read_signed(path, release)
     where = str(source.path)
     side = read_sidecar(sidecar_path(source.path)) if sidecar and sidecar_path(source.path).is_file() else None
     readers = READERS[source.format]
@@ -376,8 +403,91 @@ def load_model(
         if attempts:
             log.info("edge_runtime: %s loaded on %s after: %s", where, session.device, "; ".join(attempts))
         try:
-            return Model(session, source, cand, selection, attempts, side, labels)
+            return Model(session, source, cand, selection, attempts, side, labels, release)
         except BaseException:
             session.close()
             raise
     raise ModelLoadError("no device could load the model", path=where, attempts=attempts)
+
+
+def need_cryptography(path: str | os.PathLike[str] | None = None) -> None:
+    """Raise ``ArgumentError`` (naming ``path``) unless the ``cryptography`` package imports: signed
+    models need it, and ``edge_runtime`` imports it only when trusted keys are given."""
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        raise ArgumentError(NEED_CRYPTOGRAPHY, path=None if path is None else str(path)) from None
+
+
+def key_list(trusted_keys: TrustedKeys) -> list[Any]:
+    """``trusted_keys`` as a list: one key file or key object alone is a list of one."""
+    if isinstance(trusted_keys, (str, os.PathLike)) or not isinstance(trusted_keys, Sequence):
+        return [trusted_keys]
+    return list(trusted_keys)
+
+
+def verify_signed(
+    path: str | os.PathLike[str], trusted_keys: TrustedKeys, installed_version: str | None = None
+) -> VerifiedManifest:
+    """``manifest.verify(path, trusted_keys)``, importing ``manifest`` (and ``cryptography``) only
+    now: ``import edge_runtime`` and an unsigned load stay light. Raises ``SignatureError`` (a
+    ``ModelFileError``: refused before any backend reads the file), ``VersionError``, and
+    ``ArgumentError`` for a bad key or when ``cryptography`` is missing."""
+    need_cryptography(path)
+    from .manifest import verify
+
+    return verify(path, key_list(trusted_keys), installed_version=installed_version)
+
+
+def read_signed(path: str | os.PathLike[str], release: VerifiedManifest) -> ModelSource:
+    """``read_model_file(path)`` for a file of the verified ``release``, the bytes read compared
+    with it (``check_signed_bytes``). When the read's structure check refuses the bytes and the
+    file on disk no longer matches the manifest, the ``SignatureError`` says so (the file was
+    replaced after its verification), not the structure check."""
+    p = Path(path)
+    try:
+        source = read_model_file(p)
+    except ModelFileError as exc:
+        files = [p, p.with_suffix(".bin")] if p.suffix.lower() == ".xml" else [p]
+        for f in files:
+            entry = _entry(release, f)
+            try:
+                digest = hashlib.sha256(f.read_bytes()).hexdigest()
+            except OSError:
+                continue
+            if digest != entry.sha256:
+                raise SignatureError(
+                    "changed after its verification: the file on disk differs from the signed manifest", path=str(f)
+                ) from exc
+        raise
+    check_signed_bytes(release, source)
+    return source
+
+
+def _entry(release: VerifiedManifest, path: Path) -> ManifestFile:
+    """The manifest's entry for ``path``; ``SignatureError`` when ``release`` does not list it."""
+    root = release.target if release.kind == "bundle" else release.target.parent
+    try:
+        rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(root)).as_posix()
+    except ValueError:
+        raise SignatureError(f"not inside the signed release {release.target}", path=str(path)) from None
+    for f in release.files:
+        if f.path == rel:
+            return f
+    raise SignatureError("not listed in the signed manifest", path=str(path))
+
+
+def check_signed_bytes(release: VerifiedManifest, source: ModelSource) -> None:
+    """The bytes ``read_model_file`` read (and an IR's ``.bin``) are those ``release`` lists:
+    closes the gap between verifying the files and reading them (a file replaced in between is
+    refused). ``SignatureError`` naming the file otherwise."""
+    read: list[tuple[Path, bytes]] = [(source.path, source.content)]
+    if source.weights is not None:
+        read.append((source.path.with_suffix(".bin"), source.weights))
+    for path, data in read:
+        entry = _entry(release, path)
+        if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise SignatureError(
+                "changed between its verification and its read: the bytes read differ from the signed manifest",
+                path=str(path),
+            )

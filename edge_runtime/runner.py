@@ -11,13 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from .result import Classification
 from .tensors import TensorSpec
+
+if TYPE_CHECKING:
+    from .manifest import VerifiedManifest
 
 #: What ``infer`` accepts: one array (single-input models), a list in input order, or name -> array.
 Inputs = npt.ArrayLike | Sequence[npt.ArrayLike] | Mapping[str, npt.ArrayLike]
@@ -57,6 +60,9 @@ class Runner(Protocol):
     def labels(self) -> tuple[str, ...] | None: ...
     @property
     def closed(self) -> bool: ...
+    @property
+    def release(self) -> VerifiedManifest | None:
+        """The signed release it was loaded from (``load(..., trusted_keys=)``), else None."""
 
     def infer(self, x: Inputs) -> list[npt.NDArray[np.float32]]:
         """Float (or the input's own dtype) in, one new float32 array per output out."""

@@ -14,7 +14,7 @@ import hashlib
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,15 @@ class Pipeline:
     #: Before a model file is first loaded in the daemon's own process, load it and run it once
     #: in a throwaway child (ignored with ``isolate``, where every load is in a child).
     probe: bool = True
+    #: ``[daemon] trusted_keys``, copied here so that a pipeline's process has them: when set,
+    #: every load of this pipeline's model verifies its signed manifest against these keys.
+    trusted_keys: tuple[Path, ...] = ()
+    #: ``model = "@store"``: the model is the current release of ``[daemon] model_store``;
+    #: ``model`` is the store directory until the service resolves it to the release's path.
+    from_store: bool = False
+    #: Set by the service, not the file: the sha256 of the signed manifest it verified for this
+    #: pipeline; a load (a fallback, a pipeline's process) of any other release is refused.
+    signed_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,10 +120,18 @@ class Config:
     pipelines: tuple[Pipeline, ...] = field(default=())
     #: auto (processes for 2+ pipelines on 2+ cores), threads, or processes
     pipelines_in: str = "auto"
+    #: Public key files (PEM, Ed25519): when given, every model must be a release signed by one.
+    trusted_keys: tuple[Path, ...] = ()
+    #: The model store's directory (``edge_runtime.model_store``); pipelines use it with ``model = "@store"``.
+    model_store: Path | None = None
+    #: The updates inbox: a signed release dropped here is installed into the store on SIGHUP and at start.
+    updates: Path | None = None
 
 
 _TOP = {"daemon", "metrics", "mqtt", "pipelines"}
-_DAEMON = {"state_dir", "log_level", "pipelines_in"}
+_DAEMON = {"state_dir", "log_level", "pipelines_in", "trusted_keys", "model_store", "updates"}
+#: ``model = STORE_MODEL``: the pipeline runs the current release of ``[daemon] model_store``.
+STORE_MODEL = "@store"
 PIPELINES_IN = ("auto", "threads", "processes")
 _METRICS = {"enabled", "listen"}
 _MQTT = {
@@ -232,6 +249,8 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
     state_dir = _path(base, daemon.get("state_dir", str, "/var/lib/edge-runtime"))
     log_level = daemon.choice("log_level", LOG_LEVELS, "info")
     pipelines_in = daemon.choice("pipelines_in", PIPELINES_IN, "auto")
+    keys = _trusted_keys(daemon, base, check_files)
+    store, updates = _store(daemon, base, keys)
     m = _Reader(top.get("metrics", dict, {}), "metrics", _METRICS, p)
     metrics = Metrics(m.get("enabled", bool, True), m.get("listen", str, "127.0.0.1:9464"))
     if metrics.enabled:
@@ -246,11 +265,66 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
             raise top.error(f"pipelines.{name}", "a pipeline name is 1-64 letters, digits, '_' or '-'")
         if not isinstance(table, dict):
             raise top.error(f"pipelines.{name}", "must be a table: [pipelines.NAME]")
-        pipelines.append(_pipeline(name, _Reader(table, f"pipelines.{name}", _PIPELINE, p), base, check_files))
+        r = _Reader(table, f"pipelines.{name}", _PIPELINE, p)
+        pipelines.append(replace(_pipeline(name, r, base, check_files, store, updates), trusted_keys=keys))
+    if updates is not None and not any(pl.from_store for pl in pipelines):
+        raise daemon.error(
+            "updates", f'no pipeline runs the store\'s release (model = "{STORE_MODEL}"): nothing would load an update'
+        )
     if mqtt is None and any(s.kind == "mqtt" for pl in pipelines for s in pl.sinks):
         user = next(pl.name for pl in pipelines if any(s.kind == "mqtt" for s in pl.sinks))
         raise ConfigError(f"pipelines.{user}.sinks: 'mqtt' needs an [mqtt] table (host, port)", path=str(p))
-    return Config(p, state_dir, log_level, metrics, mqtt, tuple(pipelines), pipelines_in)
+    return Config(p, state_dir, log_level, metrics, mqtt, tuple(pipelines), pipelines_in, keys, store, updates)
+
+
+def _trusted_keys(daemon: _Reader, base: Path, check_files: bool) -> tuple[Path, ...]:
+    """``[daemon] trusted_keys``: paths of Ed25519 public key files; with ``check_files`` each is
+    read and parsed now (a missing or malformed one names the key)."""
+    value = daemon.get("trusted_keys", list, [])
+    if "trusted_keys" in daemon.table and not value:
+        raise daemon.error("trusted_keys", "must name at least one public key file (or leave the key out)")
+    if not all(isinstance(k, str) and k for k in value):
+        raise daemon.error("trusted_keys", "must be a list of public key file paths (strings)")
+    keys = tuple(_path(base, k) for k in value)
+    if keys and check_files:
+        from ..model import need_cryptography
+
+        try:
+            need_cryptography()
+        except ArgumentError as exc:
+            raise daemon.error("trusted_keys", exc.reason) from None
+        from ..manifest import load_public_key
+
+        for key in keys:
+            try:
+                load_public_key(key)
+            except ArgumentError as exc:
+                raise daemon.error("trusted_keys", f"{key}: {exc.reason}") from None
+    return keys
+
+
+def _store(daemon: _Reader, base: Path, keys: tuple[Path, ...]) -> tuple[Path | None, Path | None]:
+    """``[daemon] model_store`` and ``updates``: directories (created by the service when missing)."""
+    found: list[Path | None] = []
+    for key in ("model_store", "updates"):
+        text = daemon.get(key, str)
+        if text is not None and not text:
+            raise daemon.error(key, "must be a directory path")
+        path = _path(base, text) if text else None
+        if path is not None and path.exists() and not path.is_dir():
+            raise daemon.error(key, f"{path} is not a directory")
+        found.append(path)
+    store, updates = found
+    if store is not None and not keys:
+        raise daemon.error(
+            "model_store", "the store installs only signed releases: set daemon.trusted_keys (public key files)"
+        )
+    if updates is not None:
+        if store is None:
+            raise daemon.error("updates", "needs daemon.model_store: the store is where updates are installed")
+        if updates.resolve() == store.resolve() or store.resolve() in updates.resolve().parents:
+            raise daemon.error("updates", f"must be a directory outside the model store {store}")
+    return store, updates
 
 
 def _path(base: Path, text: str) -> Path:
@@ -293,7 +367,9 @@ def _mqtt(top: _Reader, base: Path, p: Path) -> Mqtt | None:
     )
 
 
-def _pipeline(name: str, r: _Reader, base: Path, check_files: bool) -> Pipeline:
+def _pipeline(
+    name: str, r: _Reader, base: Path, check_files: bool, store: Path | None, updates: Path | None
+) -> Pipeline:
     for required in ("source", "model"):
         if required not in r.table:
             raise r.error(required, "missing: every pipeline needs a source and a model")
@@ -303,12 +379,23 @@ def _pipeline(name: str, r: _Reader, base: Path, check_files: bool) -> Pipeline:
     if source.startswith("file:") and not Path(source[len("file:") :].split("?", 1)[0]).is_absolute():
         source = "file:" + str(base / source[len("file:") :])  # relative to the config file, as model paths
     _check_source(r, source)
-    model = _path(base, r.get("model", str))
+    model_text = r.get("model", str)
+    from_store = model_text == STORE_MODEL
     sha = r.get("sha256", str)
     if sha is not None and not _SHA256.match(sha):
         raise r.error("sha256", f"must be 64 lowercase hex digits, got {sha!r}")
-    if check_files:
-        _check_model(r, model, sha)
+    if from_store:
+        if store is None:
+            raise r.error("model", f'"{STORE_MODEL}" runs the model store\'s current release: set daemon.model_store')
+        if sha is not None:
+            raise r.error("sha256", "a store release is pinned by its signed manifest, not by sha256")
+        model = store
+        if check_files:
+            _check_store(r, store, updates)
+    else:
+        model = _path(base, model_text)
+        if check_files:
+            _check_model(r, model, sha)
     device = r.get("device", (str, list), "auto")
     devices = (device,) if isinstance(device, str) else tuple(device)
     if not devices or not all(isinstance(d, str) and d for d in devices):
@@ -347,6 +434,7 @@ def _pipeline(name: str, r: _Reader, base: Path, check_files: bool) -> Pipeline:
         sinks=_sinks(r, base),
         isolate=r.get("isolate", bool, False),
         probe=r.get("probe", bool, True),
+        from_store=from_store,
     )
 
 
@@ -383,6 +471,24 @@ def _check_model(r: _Reader, model: Path, sha: str | None) -> None:
                 digest.update(chunk)
         if digest.hexdigest() != sha:
             raise r.error("sha256", f"{model} has sha256 {digest.hexdigest()}, the config pins {sha}: refused")
+
+
+def _check_store(r: _Reader, store: Path, updates: Path | None) -> None:
+    """A ``"@store"`` model: the store has a committed release, or an update waits in the inbox
+    (``serve`` installs it before loading). Reads the store's links only; changes nothing."""
+    from ..errors import EdgeRuntimeError
+    from ..model_store import current, pending
+
+    try:
+        release = current(store, clean=False)
+    except EdgeRuntimeError as exc:
+        raise r.error("model", f"the model store {store}: {exc.reason}") from None
+    if release is None and not (updates is not None and pending(updates)):
+        raise r.error(
+            "model",
+            f"the model store {store} holds no release yet, and no update waits in daemon.updates: "
+            "drop a signed release there (edge-runtime sign) or install one",
+        )
 
 
 def _check_devices(r: _Reader, devices: tuple[str, ...]) -> None:

@@ -85,8 +85,12 @@ class Metrics:
         )
         self.queue_depth = Gauge("edge_runtime_queue_depth", "Windows waiting for inference", ["pipeline"], registry=r)
         self.reloads = Counter("edge_runtime_reloads", "Config reloads (SIGHUP)", ["result"], registry=r)
+        self.updates = Counter(
+            "edge_runtime_updates", "Signed releases installed from the updates inbox", ["result"], registry=r
+        )
         for result in ("ok", "failed"):
             self.reloads.labels(result)
+            self.updates.labels(result)
         self._mqtt: tuple[Any, Any] | None = None  # made at the first MQTT figures: none without [mqtt]
 
     def observe(self, pipeline: str, exit_index: int, invoke_us: float) -> None:

@@ -33,6 +33,21 @@ fails (a bad file, a model that does not load), nothing changes: the old pipelin
 serving, and the failure is in the log, ``/healthz`` (degraded) and
 ``edge_runtime_reloads_total{result="failed"}``. ``[daemon]`` and ``[metrics]`` are read
 at start only (a change is logged as needing a restart).
+
+Signed models (``[daemon] trusted_keys``): before any load (at start, on reload), each
+pipeline's model is verified here against its signed manifest, and pinned by the manifest's
+sha256: every load of it (in a pipeline's process, on a fallback) verifies it again and must
+find that same release. A reload to an unsigned, tampered or mixed model, or to a lower
+``model_version`` than the pipeline serves now (a downgrade; equal is allowed), is refused as
+any failed reload. Updates (``[daemon] model_store`` and ``updates``): on SIGHUP, after the
+reload, and at start, before loading, each release waiting in the inbox is installed by
+``model_store.apply_update`` (stage, verify, probe in a throwaway child on the device list of
+each ``model = "@store"`` pipeline, commit), then those pipelines load and warm it beside the
+running one and swap between two windows, as a reload does. A failure after the commit rolls
+the store back; a refused update is moved to ``rejected/`` with a ``.reason`` file, an
+applied one deleted from the inbox. A power cut at any point leaves the store's last
+committed release current, which the next start loads (an update still in the inbox is
+installed again: the same release is a no-op).
 """
 
 from __future__ import annotations
@@ -45,17 +60,19 @@ import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import FrameType, SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import EdgeRuntimeError
+from ..errors import EdgeRuntimeError, ModelFileError
 from ..runner import Runner
-from .config import Config, ConfigError, Pipeline, load_config
+from .config import STORE_MODEL, Config, ConfigError, Pipeline, load_config
 from .metrics import HttpEndpoint, Metrics
 from .notify import Notifier
 from .process_worker import ProcessWorker, defer_while_spawning
 from .sinks import JsonlSink
 from .worker import (
+    OPENVINO_CONFIG,
     Loader,
     ResultSink,
     Worker,
@@ -65,6 +82,9 @@ from .worker import (
     share_of_cores,
     why,
 )
+
+if TYPE_CHECKING:
+    from ..model_store import InboxEntry
 
 log = logging.getLogger("edge_runtime.daemon")
 
@@ -77,6 +97,49 @@ STUCK_AFTER_S = 10.0
 
 #: Keys of a pipeline whose change restarts it on reload (the stream itself changes).
 _RESTART_KEYS = ("source", "window", "hop", "queue_slots", "policy", "baud")
+
+
+def resolve_store(spec: Pipeline, store: Path | None, *, clean: bool = True) -> Pipeline | None:
+    """``spec`` with a ``"@store"`` model resolved to the store's current release (a model file
+    or bundle directory); ``spec`` itself for any other model; None when the store holds no
+    release. ``clean``: let ``model_store.current`` remove what an interrupted update left.
+    ``ConfigError`` without a store, ``StoreError`` for a store it cannot read."""
+    if not spec.from_store:
+        return spec
+    if store is None:
+        raise ConfigError(
+            f'pipelines.{spec.name}.model: "{STORE_MODEL}" needs daemon.model_store (read at start: restart to set it)'
+        )
+    from ..model_store import current
+
+    path = current(store, clean=clean)
+    return None if path is None else replace(spec, model=path)
+
+
+def verify_pipeline(spec: Pipeline, serving: str | None = None) -> tuple[Pipeline, str | None]:
+    """Verify a pipeline's model against its trusted keys (none: ``(spec, None)``), in this
+    process; return the spec pinned to that release (``signed_digest``) and its model_version.
+    ``serving``: the model_version the pipeline serves now: a lower one is a downgrade,
+    refused (``VersionError``). Errors name the pipeline, the file and the reason."""
+    if not spec.trusted_keys:
+        return spec, None
+    from ..errors import VersionError
+    from ..model import verify_signed
+
+    try:
+        v = verify_signed(spec.model, spec.trusted_keys)
+    except ModelFileError as exc:  # SignatureError, VersionError, a missing file
+        raise type(exc)(f"pipelines.{spec.name}: {exc.reason}", path=exc.path) from None
+    if serving is not None:
+        from ..manifest import compare_versions
+
+        if compare_versions(v.model_version, serving) < 0:
+            raise VersionError(
+                f"pipelines.{spec.name}: downgrade refused: model_version {v.model_version} is below the "
+                f"{serving} this pipeline serves",
+                path=str(v.manifest),
+            )
+    return replace(spec, signed_digest=v.digest), v.model_version
 
 
 class StoppedDuringStart(KeyboardInterrupt):
@@ -122,6 +185,11 @@ class Service:
         self._lock = threading.Lock()  # workers list and sinks table vs. the HTTP thread
         self.reloads = {"ok": 0, "failed": 0}
         self.reload_error = ""  # why the last reload failed ("" after one that worked)
+        self.updates = {"ok": 0, "failed": 0}
+        self.update_error = ""  # "NAME: why" the last update failed ("" after one that worked)
+        #: pipeline -> model_version of the signed release it serves (a reload below it is refused)
+        self.serving: dict[str, str] = {}
+        self._failing: Pipeline | None = None  # the pipeline being verified or loaded, while it is
         self.metrics: Metrics | None = Metrics() if config.metrics.enabled else None
         self.http: HttpEndpoint | None = None
         self._stuck_after = STUCK_AFTER_S
@@ -154,12 +222,21 @@ class Service:
             self._sinks = self._open_sinks(self.config, {})
             where = "processes" if self.in_processes else "threads"
             log.info("edge_runtime: %d pipeline(s) on %s", len(self.config.pipelines), where)
-            for spec in self.config.pipelines:
-                if self.in_processes:
-                    self._add_process(spec)
-                else:
-                    runner, index = self._load(spec)
-                    self._add_worker(spec, runner, index)
+            installed = self._install_waiting()
+            while True:
+                try:
+                    self._load_all()
+                    break
+                except EdgeRuntimeError as exc:
+                    if not installed or self._failing is None or not self._failing.from_store:
+                        raise
+                    entry = installed.pop()  # what made the store's current release: back to the one before
+                    for w in self.workers:
+                        w.close()
+                    self.workers = []
+                    self._update_failed(entry, f"installed, but it did not load: {why(exc)}", roll_back=True)
+            for entry in installed:
+                self._update_done(entry)
             if self.metrics is not None:
                 for w in self.workers:
                     self.metrics.pipeline(w.name, w.device, w.passed_over())
@@ -170,6 +247,51 @@ class Service:
             raise
         finally:
             self._starting = False
+
+    def _load_all(self) -> None:
+        """Resolve and verify every pipeline's model (``_signed``), then load and warm each.
+        ``_failing``: the pipeline whose model failed, when one did."""
+        self.config, self.serving = self._signed(self.config, {})
+        for spec in self.config.pipelines:
+            self._failing = spec
+            if self.in_processes:
+                self._add_process(spec)
+            else:
+                runner, index = self._load(spec)
+                self._add_worker(spec, runner, index)
+            self._failing = None
+            if spec.name in self.serving:
+                log.info(
+                    "edge_runtime: pipeline %s: signed release %s (%s)", spec.name, self.serving[spec.name], spec.model
+                )
+
+    def _signed(
+        self, config: Config, serving: Mapping[str, str], only: set[str] | None = None
+    ) -> tuple[Config, dict[str, str]]:
+        """``config`` with every ``"@store"`` model resolved to the store's current release and
+        every model verified (``verify_pipeline``; ``serving``: versions a pipeline may not go
+        below); and the model_version per signed pipeline. ``only``: just these pipelines (the
+        others as they are, at their ``serving`` version). Raises what those raise."""
+        specs, versions = [], {}
+        for spec in config.pipelines:
+            if only is not None and spec.name not in only:
+                specs.append(spec)
+                if spec.name in serving:
+                    versions[spec.name] = serving[spec.name]
+                continue
+            self._failing = spec
+            resolved = resolve_store(spec, config.model_store)
+            if resolved is None:
+                raise ConfigError(
+                    f"pipelines.{spec.name}.model: the model store {config.model_store} holds no release",
+                    path=str(config.path),
+                )
+            resolved, version = verify_pipeline(resolved, serving.get(spec.name))
+            self._failing = None
+            if version is not None:
+                versions[spec.name] = version
+            specs.append(resolved)
+        return replace(config, pipelines=tuple(specs)), versions
 
     def _load(self, spec: Pipeline, start: int = 0, config: Config | None = None) -> tuple[Runner, int]:
         """``load_on_devices`` with this service's cache and the pipeline's share of the cores
@@ -308,6 +430,7 @@ class Service:
                 if self._hup.is_set():
                     self._hup.clear()
                     self.reload()
+                    self.apply_updates()
                     n.status(self._status())
                 self._settle()
                 if not self._check():
@@ -455,7 +578,7 @@ class Service:
             new = load_config(self.config.path)
         except ConfigError as exc:
             return self._reload_failed(exc.reason)
-        for section in ("state_dir", "log_level", "pipelines_in", "metrics"):
+        for section in ("state_dir", "log_level", "pipelines_in", "metrics", "trusted_keys", "model_store", "updates"):
             if getattr(new, section) != getattr(self.config, section):
                 log.warning("edge_runtime: reload: [daemon]/[metrics] %s changed: it takes effect at restart", section)
         mqtt = new.mqtt
@@ -471,13 +594,19 @@ class Service:
             pipelines_in=self.config.pipelines_in,
             metrics=self.config.metrics,
             mqtt=mqtt,
+            trusted_keys=self.config.trusted_keys,
+            model_store=self.config.model_store,
+            updates=self.config.updates,
+            pipelines=tuple(replace(p, trusted_keys=self.config.trusted_keys) for p in new.pipelines),
         )
-        by_name = {w.name: w for w in self.workers}
-        if self.in_processes:
-            if not self._reload_processes(new, by_name):
-                return False
-        elif not self._reload_threads(new, by_name):
-            return False
+        try:
+            new, versions = self._signed(new, self.serving)
+        except EdgeRuntimeError as exc:
+            return self._reload_failed(why(exc))
+        failed = self._switch(new)
+        if failed:
+            return self._reload_failed(failed)
+        self.serving = versions
         self.reloads["ok"] += 1
         self.reload_error = ""
         if self.metrics is not None:
@@ -499,7 +628,16 @@ class Service:
             if self._sinks.get(key) is not sink:
                 sink.close()
 
-    def _reload_processes(self, new: Config, by_name: dict[str, Any]) -> bool:
+    def _switch(self, new: Config, only: set[str] | None = None) -> str:
+        """Make ``new`` the running config: its pipelines' models (only those named in ``only``,
+        when given: the others keep their runners) loaded and warmed beside the running ones,
+        then swapped. "" when ``new`` serves; else why not (nothing changed)."""
+        by_name = {w.name: w for w in self.workers}
+        if self.in_processes:
+            return self._reload_processes(new, by_name, only)
+        return self._reload_threads(new, by_name, only)
+
+    def _reload_processes(self, new: Config, by_name: dict[str, Any], only: set[str] | None = None) -> str:
         """Reload with pipelines in processes: every child prepares (loads beside), then all commit."""
         swaps: list[tuple[ProcessWorker, Pipeline]] = []
         fresh: list[tuple[Pipeline, ProcessWorker, AnyWorker | None]] = []
@@ -507,6 +645,8 @@ class Service:
         try:
             sinks = self._open_sinks(new, self._sinks)
             for spec in new.pipelines:
+                if only is not None and spec.name not in only:
+                    continue
                 w = by_name.get(spec.name)
                 if isinstance(w, ProcessWorker) and self._same_stream(w, spec):
                     w.prepare(spec)
@@ -521,7 +661,7 @@ class Service:
             self._drop_new_sinks(sinks)
             if not isinstance(exc, Exception):
                 raise
-            return self._reload_failed(why(exc))
+            return why(exc)
         old_sinks, self._sinks = self._sinks, sinks
         self.config = new
         done: list[Any] = []
@@ -538,7 +678,7 @@ class Service:
                 self.metrics.pipeline(pw.name, pw.device, pw.passed_over())
             pw.start()
         self._finish_reload(new, by_name, sinks, old_sinks, done)
-        return True
+        return ""
 
     def _finish_reload(
         self, new: Config, by_name: dict[str, Any], sinks: dict[str, Any], old_sinks: dict[str, Any], done: list[Any]
@@ -556,13 +696,15 @@ class Service:
         self._pending.append(_Pending(done, unused))
         self._settle()
 
-    def _reload_threads(self, new: Config, by_name: dict[str, Any]) -> bool:
+    def _reload_threads(self, new: Config, by_name: dict[str, Any], only: set[str] | None = None) -> str:
         """Reload with pipelines on threads: every model loaded here beside the running ones, then swapped."""
         prepared: list[tuple[Pipeline, Runner, int]] = []
         sinks: dict[str, Any] = {}
         try:
             sinks = self._open_sinks(new, self._sinks)
             for spec in new.pipelines:
+                if only is not None and spec.name not in only:
+                    continue
                 runner, index = self._load(spec, config=new)
                 prepared.append((spec, runner, index))
         except BaseException as exc:
@@ -571,9 +713,9 @@ class Service:
             self._drop_new_sinks(sinks)
             if not isinstance(exc, Exception):
                 raise
-            return self._reload_failed(why(exc))
+            return why(exc)
         self._commit(new, prepared, sinks, by_name)
-        return True
+        return ""
 
     def _commit(
         self,
@@ -649,6 +791,149 @@ class Service:
         log.error("edge_runtime: reload failed, the running config keeps serving: %s", reason)
         return False
 
+    # -- updates -------------------------------------------------------------------
+    def _install(self, entry: InboxEntry) -> Path:
+        """Stage, verify, probe and commit one inbox entry into the store (each step logged);
+        return the store's new current release. The probe loads the staged release and runs it
+        once in a throwaway child on the device list of each ``"@store"`` pipeline. Raises
+        what ``model_store.apply_update`` raises; the store's current release is then unchanged."""
+        from ..backends.isolated import trial_load
+        from ..model_store import apply_update
+
+        store, keys = self.config.model_store, self.config.trusted_keys
+        assert store is not None  # load_config: updates needs model_store
+        specs = list({p.device: p for p in self.config.pipelines if p.from_store}.values())
+
+        def probe(path: Path) -> None:
+            for spec in specs:
+                t0 = time.monotonic()
+                device = trial_load(
+                    path,
+                    list(spec.device),
+                    timeout_s=spec.inference_timeout_s,
+                    labels=spec.labels,
+                    openvino_config=dict(OPENVINO_CONFIG),
+                    cache_dir=self.config.state_dir / "cache",
+                    trusted_keys=keys,
+                )
+                log.info(
+                    "edge_runtime: update %s: ran once in a child process on %s (%.0f ms)",
+                    entry.name,
+                    device,
+                    (time.monotonic() - t0) * 1e3,
+                )
+
+        def step(name: str) -> None:
+            log.info("edge_runtime: update %s: %s", entry.name, name)
+
+        log.info("edge_runtime: update %s: installing %s into %s", entry.name, entry.source, store)
+        return apply_update(entry.source, store, keys, probe, on_step=step)
+
+    def _install_waiting(self) -> list[InboxEntry]:
+        """At start: install every update waiting in the inbox (nothing runs yet, so nothing is
+        swapped); return those committed, in order. A refused one goes to ``rejected/``."""
+        if self.config.updates is None:
+            return []
+        installed = []
+        for entry in self._waiting():
+            try:
+                self._install(entry)
+            except Exception as exc:  # noqa: BLE001 - every failure refuses this update, not the start
+                self._update_failed(entry, why(exc))
+            else:
+                installed.append(entry)
+        return installed
+
+    def _waiting(self) -> list[InboxEntry]:
+        from ..model_store import pending
+
+        assert self.config.updates is not None
+        try:
+            self.config.updates.mkdir(parents=True, exist_ok=True)
+            return pending(self.config.updates)
+        except (OSError, EdgeRuntimeError) as exc:
+            log.error("edge_runtime: updates: cannot read the inbox %s: %s", self.config.updates, why(exc))
+            return []
+
+    def apply_updates(self) -> int:
+        """Install each release waiting in ``[daemon] updates`` and serve it (see the module doc);
+        return how many now serve. Called on SIGHUP, after the reload."""
+        if self.config.updates is None:
+            return 0
+        if not any(p.from_store for p in self.config.pipelines):
+            log.warning(
+                'edge_runtime: updates: no pipeline runs the store\'s release (model = "%s") since the last '
+                "reload: updates wait in %s until one does",
+                STORE_MODEL,
+                self.config.updates,
+            )
+            return 0
+        return sum(self._apply(entry) for entry in self._waiting())
+
+    def _apply(self, entry: InboxEntry) -> bool:
+        """One update: install, then swap the ``"@store"`` pipelines to it; True if it serves."""
+        t0 = time.monotonic()
+        try:
+            self._install(entry)
+        except Exception as exc:  # noqa: BLE001 - every failure refuses this update; the daemon serves on
+            return self._update_failed(entry, why(exc))
+        names = {p.name for p in self.config.pipelines if p.from_store}
+        try:
+            new, versions = self._signed(self.config, self.serving, names)
+        except EdgeRuntimeError as exc:
+            return self._update_failed(entry, why(exc), roll_back=True)
+        running = {p.name: p.signed_digest for p in self.config.pipelines}
+        changed = {p.name for p in new.pipelines if p.name in names and p.signed_digest != running.get(p.name)}
+        if changed:
+            failed = self._switch(new, changed)
+            if failed:
+                return self._update_failed(entry, f"installed, but it did not load: {failed}", roll_back=True)
+        else:
+            log.info("edge_runtime: update %s: the pipelines serve this release already", entry.name)
+        self.serving = versions
+        self._update_done(entry)
+        log.info(
+            "edge_runtime: update %s: done in %.0f ms: %s",
+            entry.name,
+            (time.monotonic() - t0) * 1e3,
+            ", ".join(f"{n} serves {versions.get(n)}" for n in sorted(names)),
+        )
+        return True
+
+    def _update_done(self, entry: InboxEntry) -> None:
+        from ..model_store import remove_entry
+
+        try:
+            remove_entry(entry)
+        except EdgeRuntimeError as exc:  # installed all the same: applied again next time, as a no-op
+            log.warning("edge_runtime: update %s: %s", entry.name, why(exc))
+        log.info("edge_runtime: update %s: applied; removed from the inbox", entry.name)
+        self.updates["ok"] += 1
+        self.update_error = ""
+        if self.metrics is not None:
+            self.metrics.updates.labels("ok").inc()
+
+    def _update_failed(self, entry: InboxEntry, reason: str, *, roll_back: bool = False) -> bool:
+        """An update refused: the store rolled back (``roll_back``: it was committed), the entry
+        moved to ``rejected/`` with its reason, counted, and shown in ``/healthz``."""
+        from ..model_store import reject_entry, rollback
+
+        if roll_back and self.config.model_store is not None:
+            try:
+                rollback(self.config.model_store)
+            except EdgeRuntimeError as exc:
+                log.error("edge_runtime: update %s: rollback failed: %s", entry.name, why(exc))
+        self.updates["failed"] += 1
+        self.update_error = f"{entry.name}: {reason}"
+        if self.metrics is not None:
+            self.metrics.updates.labels("failed").inc()
+        try:
+            where = str(reject_entry(entry, reason))
+        except EdgeRuntimeError as exc:
+            where = f"not moved: {why(exc)}"
+        log.error("edge_runtime: update %s refused, the current release serves: %s (%s)", entry.name, reason, where)
+        return False
+
     # -- health --------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         """ready (every pipeline running, nothing wrong), failed (none running), else degraded; and why."""
@@ -660,6 +945,8 @@ class Service:
         why_list = [f"{n}: {s}: {reason}" for n, (s, reason) in states.items() if s != "running"]
         if self.reload_error:
             why_list.append(f"reload failed (the previous config serves): {self.reload_error}")
+        if self.update_error:
+            why_list.append(f"update failed (the current release serves): {self.update_error}")
         mqtt = self._sinks.get("mqtt")
         if mqtt is not None and not mqtt.stats.connected:
             st = mqtt.stats
@@ -669,10 +956,13 @@ class Service:
             "state": state,
             "why": why_list,
             "reloads": dict(self.reloads),
+            "updates": dict(self.updates),
             "pipelines": {
                 w.name: {
                     "state": states[w.name][0],
                     "device": w.device,
+                    "model": str(w.spec.model),
+                    "model_version": self.serving.get(w.name),
                     "results": w.results,
                     "queue_depth": w.counters()[3],
                     "model_crashes": w.crashes,

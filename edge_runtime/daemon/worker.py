@@ -106,7 +106,10 @@ def load_on_devices(
     ``spec.threads`` inference threads (unset: ``default_threads``, see ``share_of_cores``).
 
     Returns the runner (the caller owns it) and the index of the request that loaded it.
-    A bad model file (``ModelFileError``) or a config that does not fit the model
+    With ``spec.trusted_keys`` every load (and the probe) verifies the signed manifest, and the
+    release loaded must be ``spec.signed_digest`` when the service pinned one (``SignatureError``
+    otherwise: the file was replaced by another release since the service checked it).
+    A bad model file (``ModelFileError``, ``SignatureError``) or a config that does not fit the model
     (``ConfigError``, see ``check_fit``) raise at once; a device that is absent, fails to
     compile or fails its warm-up inference is passed over (its request and reason appended to
     ``passed_over``), and when none is left a ``ModelLoadError`` lists each with its reason.
@@ -119,6 +122,8 @@ def load_on_devices(
     reasons: list[str] = []
     threads = spec.threads if spec.threads is not None else default_threads
     extra: dict[str, Any] = {"isolate": isolation_for(spec)} if spec.isolate else {}
+    if spec.trusted_keys:
+        extra["trusted_keys"] = spec.trusted_keys
     for i in range(start, len(spec.device)):
         request = spec.device[i]
         try:
@@ -137,6 +142,8 @@ def load_on_devices(
             reasons.append(f"{request}: {why(exc)}")
             continue
         try:
+            if spec.trusted_keys:
+                check_release(spec, runner)
             check_fit(spec, runner)
             if spec.thresholds is not None:
                 if not isinstance(runner, EarlyExitModel):
@@ -160,6 +167,24 @@ def load_on_devices(
     if not tried:
         raise ModelLoadError(f"{where}: no device left to fall back to (device = {list(spec.device)})")
     raise ModelLoadError(f"{where}: no device could run {spec.model}: " + "; ".join(reasons))
+
+
+def check_release(spec: Pipeline, runner: Runner) -> None:
+    """The runner of a pipeline with trusted keys holds the signed release the service pinned
+    (``spec.signed_digest``; any verified release when none is pinned); ``SignatureError`` else."""
+    from ..errors import SignatureError
+
+    release = getattr(runner, "release", None)  # Model and EarlyExitModel have it; a test's wrapper may not
+    if release is None:
+        raise SignatureError(
+            f"pipelines.{spec.name}: the loader returned a runner without a verified release", path=str(spec.model)
+        )
+    if spec.signed_digest is not None and release.digest != spec.signed_digest:
+        raise SignatureError(
+            f"pipelines.{spec.name}: another signed release (version {release.model_version}) replaced the one "
+            "checked at reload: reload again to take it",
+            path=str(spec.model),
+        )
 
 
 def isolation_for(spec: Pipeline) -> Isolation:
@@ -193,6 +218,8 @@ def probe_once(spec: Pipeline, request: str, **options: Any) -> None:
         return
     t0 = time.monotonic()
     try:
+        if spec.trusted_keys:
+            options["trusted_keys"] = spec.trusted_keys
         trial_load(
             spec.model,
             request,
