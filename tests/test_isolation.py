@@ -109,6 +109,21 @@ def test_repeated_crashes_quarantine_the_model(monkeypatch: pytest.MonkeyPatch) 
         assert s.starts == starts == 3 and s.pid is None  # no child is started for a quarantined model
 
 
+def test_an_error_raised_in_the_child_is_an_inference_error_and_the_child_lives_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EDGE_RUNTIME_CHILD_FAULT", "raise@invoke=2")
+    with er.load(MODEL, "litert:cpu", isolate=FAST) as model:
+        s = session_of(model)
+        x = np.zeros(model.inputs[0].shape, np.float32)
+        model.infer(x)
+        pid = s.pid
+        with pytest.raises(er.InferenceError, match="RuntimeError: injected") as info:
+            model.infer(x)
+        assert not isinstance(info.value, er.ModelCrashError)  # not a crash: no restart, no count
+        assert s.pid == pid and s.crashes == 0 and s.starts == 1
+
+
 def test_a_hung_inference_is_killed_after_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGE_RUNTIME_CHILD_FAULT", "hang@invoke=2")
     with er.load(MODEL, "openvino:CPU", isolate=Isolation(timeout_s=0.5, backoff_s=0.01)) as model:

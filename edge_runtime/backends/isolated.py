@@ -401,7 +401,7 @@ class IsolatedSession(Session):
                 self._crashed(f"the model's process died during inference ({describe_exit(code)})")
                 raise self._crash_error() from None
             if reply != DONE:
-                _, cls_name, reason = recv_message(child.sock)
+                cls_name, reason = recv_message(child.sock)
                 raise self._error(_REBUILD.get(cls_name, InferenceError), reason)
 
     def input_buffer(self, index: int) -> npt.NDArray[Any]:

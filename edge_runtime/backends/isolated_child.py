@@ -9,7 +9,8 @@ it. It ignores SIGINT and SIGTERM (the parent ends it) and gets SIGKILL when the
 dies (``PR_SET_PDEATHSIG``).
 
 ``EDGE_RUNTIME_CHILD_FAULT`` is for tests only: ``segv@open``, ``segv@invoke=N`` (the Nth
-inference of each child and every one after it), ``hang@invoke=N``, each optionally
+inference of each child and every one after it), ``hang@invoke=N``, ``raise@invoke=N`` (the
+backend raising a Python exception: reported, the child lives on), each optionally
 followed by ``:SUBSTRING`` to act only where ``"DEVICE PATH"`` (``litert:cpu
 /models/m.tflite``) contains it. It makes the
 child really die (SIGSEGV raised on itself) or really stop answering, so the parent's
@@ -134,9 +135,11 @@ def main(argv: list[str]) -> int:
         if op != RUN:
             break
         runs += 1
-        if action and step == "invoke" and runs >= at:
+        if action and step == "invoke" and runs >= at and action != "raise":
             _act(action)
         try:
+            if action == "raise" and step == "invoke" and runs >= at:
+                raise RuntimeError("injected by EDGE_RUNTIME_CHILD_FAULT")
             if writable:
                 for i, src in enumerate(inputs):
                     dst = session.input_buffer(i)
