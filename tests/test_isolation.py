@@ -245,13 +245,13 @@ def test_daemon_quarantines_a_crashing_model_and_serves_the_last_good_one(
         wait_for(back_on_the_last_good, what="the crashing model to be quarantined")
         h = health(port)
         p = h["pipelines"]["imu"]
-        assert p["model_crashes"] == 2 and "crashing_copy.tflite" in p["quarantined"][0], h
+        assert p["model_crashes"] == 3 and "crashing_copy.tflite" in p["quarantined"][0], h
         assert h["state"] == "degraded" and "serving the last good model" in " ".join(h["why"]), h
         n = len(lines(out))
         wait_until_lines(out, n + 20)  # the last good model serves on
         _, metrics = __import__("test_daemon_service").get(port, "/metrics")
         assert 'edge_runtime_models_quarantined_total{pipeline="imu"} 1.0' in metrics
-        assert 'edge_runtime_model_crashes_total{pipeline="imu"} 2.0' in metrics
+        assert 'edge_runtime_model_crashes_total{pipeline="imu"} 3.0' in metrics
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     records = lines(out, final=True)

@@ -424,12 +424,21 @@ def test_daemon_installs_updates_from_the_inbox_and_refuses_bad_ones(
     assert os.listdir(inbox) == [REJECTED] and installed_version(store) == "2.0.0"
     assert h["pipelines"]["imu"]["model_version"] == "2.0.0"
 
+    # committed, then its input cannot take the running stream's windows (the 8x8 digits model
+    # under a 6-channel IMU stream, no window in the config): rolled back, the pipeline serves on
+    release(inbox, "3.5.0", keys["key"], model=MODELS / "digits_cnn_int8.tflite")
+    h = d.hup_and_wait("updates", "failed", 4)
+    reason = (inbox / REJECTED / "motion-3.5.0.tflite.reason").read_text()
+    assert "does not take this stream's windows" in reason, reason
+    assert installed_version(store) == "2.0.0" and h["pipelines"]["imu"]["model_version"] == "2.0.0", h
+    assert h["pipelines"]["imu"]["state"] == "running", h
+
     # committed, then it does not load in the daemon (10 classes, the pipeline's 4 labels): rolled back
     labels = json.loads(MODEL.with_suffix(".json").read_text())["labels"]
     cfg.write_text(cfg.read_text() + f"labels = {json.dumps(labels)}\n")
     d.hup_and_wait("reloads", "ok", h["reloads"]["ok"] + 1)  # each SIGHUP reloads, then applies updates
     release(inbox, "4.0.0", keys["key"], model=MODELS / "digits_cnn_int8.tflite")
-    h = d.hup_and_wait("updates", "failed", 4)
+    h = d.hup_and_wait("updates", "failed", 5)
     reason = (inbox / REJECTED / "motion-4.0.0.tflite.reason").read_text()
     assert "installed, but it did not load" in reason and "which has 10 classes" in reason, reason
     assert installed_version(store) == "2.0.0", "rolled back"
@@ -441,7 +450,7 @@ def test_daemon_installs_updates_from_the_inbox_and_refuses_bad_ones(
     assert h["state"] == "ready" and h["pipelines"]["imu"]["model_version"] == "5.0.0", h
     text = get(port, "/metrics")[1]
     assert 'edge_runtime_updates_total{result="ok"} 3.0' in text
-    assert 'edge_runtime_updates_total{result="failed"} 4.0' in text
+    assert 'edge_runtime_updates_total{result="failed"} 5.0' in text
     d.proc.send_signal(signal.SIGTERM)
     done = d.running.finish()
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]

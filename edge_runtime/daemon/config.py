@@ -487,7 +487,7 @@ def _check_store(r: _Reader, store: Path, updates: Path | None) -> None:
         raise r.error(
             "model",
             f"the model store {store} holds no release yet, and no update waits in daemon.updates: "
-            "drop a signed release there (edge-runtime sign) or install one",
+            "drop a release signed with edge-runtime sign there; serve installs it at start",
         )
 
 

@@ -707,6 +707,15 @@ class Service:
                     continue
                 runner, index = self._load(spec, config=new)
                 prepared.append((spec, runner, index))
+                w = by_name.get(spec.name)
+                if isinstance(w, Worker) and self._same_stream(w, spec):
+                    # as a pipeline's process checks before it says "prepared": a model that cannot
+                    # take this stream's windows refuses the reload (an update rolls back), rather
+                    # than restarting the pipeline into a stream that fails at its first window
+                    try:
+                        w.stream._check_fits(runner, None)
+                    except EdgeRuntimeError as exc:
+                        raise ConfigError(f"pipelines.{spec.name}: {runner.path.name}: {exc.reason}") from None
         except BaseException as exc:
             for _, runner, _ in prepared:
                 runner.close()

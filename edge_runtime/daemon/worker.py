@@ -379,6 +379,8 @@ class Worker:
         log.error("edge_runtime: pipeline %s: inference failed on %s: %s", self.name, runner.device, why(exc))
         report("device_error", runner.device)
         if isinstance(exc, ModelQuarantinedError):
+            self.crashes += 1  # the crash that quarantined it (the runner is replaced: no later call)
+            report("model_crash", runner.device)
             self.quarantined.append(f"{self.spec.model}: {exc.reason}")
             report("quarantined", str(self.spec.model))
             if self.last_good is not None:

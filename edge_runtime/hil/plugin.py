@@ -645,8 +645,11 @@ class HilRun:
         deadline = time.monotonic() + connect_timeout_s
         while self.source.stats.connects < 1:
             if not self._thread.is_alive():
+                # one line, no chained traceback: a port that does not open is the user's setup
                 error = self.error
-                raise HilError(f"the stream ended before it opened the port: {error}", device=self.link.url) from error
+                reason = error.reason if isinstance(error, EdgeRuntimeError) else f"{type(error).__name__}: {error}"
+                reason = reason.replace(" (pass wait=True / --wait to wait for it to appear)", "")
+                pytest.fail(f"hil: the runtime could not open the link {self.link.url}: {reason}", pytrace=False)
             if time.monotonic() > deadline:
                 raise HilError(
                     f"the runtime did not open the port within {connect_timeout_s:g} s", device=self.link.url
