@@ -82,7 +82,17 @@ def main(argv: list[str]) -> int:
     import numpy as np
 
     from edge_runtime.backends import get_backend
-    from edge_runtime.backends.isolated import DONE, FAILED, RUN, layout, recv_message, send_message, views
+    from edge_runtime.backends.isolated import (
+        DONE,
+        FAILED,
+        RUN,
+        SPIN_NS,
+        layout,
+        recv_message,
+        send_message,
+        spin_read1,
+        views,
+    )
     from edge_runtime.errors import EdgeRuntimeError
 
     try:
@@ -126,11 +136,14 @@ def main(argv: list[str]) -> int:
     outputs = views(mm, session.outputs, out_off)
     sock.sendall(DONE)
     writable = session.capabilities.writable_inputs
+    fd = sock.fileno()
+    # a timeout puts the socket in non-blocking mode: spin_read1 polls it, recv waits (for a year)
+    sock.settimeout(365 * 86400.0)
     runs = 0
     while True:
         try:
-            op = sock.recv(1)
-        except OSError:
+            op = spin_read1(fd, SPIN_NS) or sock.recv(1)  # a call right after the last is caught spinning
+        except (OSError, EOFError):
             return 0
         if op != RUN:
             break
