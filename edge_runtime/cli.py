@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from . import __version__
 from .backends import REGISTRY, get_backend
@@ -188,7 +188,10 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def _load(
-    args: argparse.Namespace, model: str | None = None, threads: int | None = None, isolate: bool = False
+    args: argparse.Namespace,
+    model: str | None = None,
+    threads: int | Literal["auto"] | None = None,
+    isolate: bool = False,
 ) -> Runner:
     """Load as the verb's options say; ``isolate``: the verb's default for ``--isolate`` (``info``: on)."""
     plugins = _plugins(args.openvino_plugin)
@@ -255,10 +258,43 @@ def _bundle_info(args: argparse.Namespace, model: EarlyExitModel) -> int:
     return 0
 
 
+def _measure_requests(requests: Sequence[str] | None) -> tuple[list[str], bool]:
+    """``info --measure``: ``auto`` and kind requests become ``...:measure``; when none of them
+    can (every request names a device), the thread count is measured instead (True)."""
+    out = []
+    for r in requests or ["auto"]:
+        low = r.strip().lower()
+        out.append(f"{r}:measure" if low == "auto" or low in ("cpu", "gpu", "npu", "tpu", "fpga") else r)
+    return out, all(not r.lower().endswith(":measure") for r in out)
+
+
+def _measurement_text(m: Any) -> str:
+    """The measured table of ``info`` (``m``: a ``measure.MeasuredChoice``)."""
+    rows = [
+        [
+            "*" if t == m.fastest else "",
+            t.request,
+            "default" if t.threads is None else str(t.threads),
+            "-" if t.error else f"{t.p50_us:.1f}",
+            "-" if t.error else f"{100 * t.spread:.0f} %",
+            t.error or "",
+        ]
+        for t in m.table
+    ]
+    when = f"cached, measured {m.measured_at}" if m.cached else f"measured now, {m.seconds:.1f} s"
+    return f"measured ({when}):\n" + _table(rows, ["", "device", "threads", "p50 us", "spread", "error"])
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    threads: Literal["auto"] | None = None
+    if args.measure:
+        args.device, thread_only = _measure_requests(args.device)
+        if thread_only and args.threads is None:
+            threads = "auto"
     # isolated by default: `info` is what one runs on a file someone sent, and a file that crashes
-    # a native reader then kills only the model's process (a clean error here, exit 1)
-    with _load(args, isolate=True) as model:
+    # a native reader then kills only the model's process (a clean error here, exit 1). A measured
+    # choice compiles and times the model in this process first (edge_runtime.measure).
+    with _load(args, threads=threads, isolate=True) as model:
         if isinstance(model, EarlyExitModel):
             return _bundle_info(args, model)
         assert isinstance(model, Model)
@@ -275,6 +311,10 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"inputs:\n{_table(_spec_rows(model.inputs), header)}\n\n"
             f"outputs:\n{_table(_spec_rows(model.outputs), header)}"
         )
+        measured = model.selection.measurement
+        if measured is not None:
+            desc["measurement"] = measured.to_dict()
+            text += "\n\n" + _measurement_text(measured)
         _emit(args, desc, text)
     return 0
 
@@ -946,6 +986,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("info", "show a model's inputs/outputs, quantization, op count and chosen device", cmd_info)
     common(p)
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="time every candidate device and thread count, load on the fastest and print the table "
+        "(auto -> auto:measure; a named device: its thread counts); the choice is cached",
+    )
 
     p = verb("bench", "measure latency (min/p50/p90/p99) and throughput; with --data, accuracy too", cmd_bench)
     common(p)

@@ -9,7 +9,7 @@ lives in ``edge_runtime.model.load``.
 Device request grammar (a string a person can type; ``load`` also takes a list of
 them, tried in order)::
 
-    request   := "auto" | KIND | "litert:" LITERT | "openvino:" OVDEVICE
+    request   := ("auto" | KIND) [":measure"] | "litert:" LITERT | "openvino:" OVDEVICE
     KIND      := "cpu" | "gpu" | "npu" | "tpu" | "fpga"     any backend, that kind
     LITERT    := "cpu"                                       XNNPACK on the CPU
                | "edgetpu" [":" ("usb" | "pci") [":" N]]     Coral Edge TPU (libedgetpu.so.1)
@@ -19,6 +19,13 @@ them, tried in order)::
     OVDEVICE  := NAME ["." N]                                CPU, GPU.0, NPU, a registered plugin
                | ("AUTO" | "MULTI") [":" NAME ("," NAME)*]   OpenVINO picks/spreads among them (all if none)
                | ("HETERO" | "BATCH") ":" NAME ("," NAME)*   split by op support in priority order / batching
+
+``:measure`` (``auto:measure``, ``cpu:measure``): compile the model on every candidate the
+request selects, at several thread counts (1, 2, the cores; OpenVINO also its own default),
+time each on a random input and load on the fastest (``edge_runtime.measure``; about a second
+for a small model). The decision is cached per model, candidates, runtime versions and CPU;
+plain ``auto`` takes a cached decision when there is one. With a named device,
+``threads="auto"`` measures only the thread counts on that device.
 
 Aliases: ``edgetpu`` = ``litert:edgetpu``, ``litert:xnnpack`` = ``litert:cpu``.
 
@@ -33,16 +40,21 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .backends import LITERT, OPENVINO, REGISTRY, get_backend
 from .device_info import KINDS, Device, openvino_kind
 from .errors import BackendUnavailableError, DeviceRequestError
 from .model_file import READERS
 
+if TYPE_CHECKING:
+    from .measure import MeasuredChoice
+
 #: ``auto`` order: lower first. Kinds absent here are never chosen by ``auto``.
 AUTO_RANK = {"npu": 0, "tpu": 0, "gpu": 1, "cpu": 2}
 OPENVINO_META = ("AUTO", "MULTI", "HETERO", "BATCH")
 _OV_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[0-9]+)?$")
+MEASURE_SUFFIX = ":measure"
 _LITERT_TARGETS = ("cpu", "edgetpu", "gpu", "vx", "delegate=PATH")
 
 
@@ -56,6 +68,8 @@ class DeviceRequest:
     target: str | None = None
     options: tuple[tuple[str, str], ...] = ()
     members: tuple[str, ...] = ()
+    #: ``auto:measure`` / ``KIND:measure``: time the candidates and load on the fastest.
+    measure: bool = False
 
     @property
     def is_auto(self) -> bool:
@@ -89,12 +103,25 @@ class Selection:
 
     candidates: tuple[Candidate, ...]
     passed_over: tuple[PassedOver, ...] = field(default=())
+    #: The measured table behind the order, when the choice was measured (or read from the cache).
+    measurement: MeasuredChoice | None = None
 
 
 def parse_request(text: str) -> DeviceRequest:
     """Parse one device request; raise ``DeviceRequestError`` saying what was expected."""
     raw = text.strip()
     low = raw.lower()
+    if low.endswith(MEASURE_SUFFIX):
+        base = low[: -len(MEASURE_SUFFIX)]
+        if base == "auto":
+            return DeviceRequest(raw, measure=True)
+        if base in KINDS and base != "other":
+            return DeviceRequest(raw, kind=base, measure=True)
+        raise DeviceRequestError(
+            f"cannot measure {raw!r}: ':measure' follows 'auto' or a kind (auto:measure, cpu:measure); "
+            "for a named device pass threads='auto'",
+            device=text,
+        )
     if low == "auto":
         return DeviceRequest(raw)
     if low in KINDS and low != "other":
@@ -108,6 +135,7 @@ def parse_request(text: str) -> DeviceRequest:
         return _parse_openvino(raw, rest)
     raise DeviceRequestError(
         f"cannot parse device request {text!r}: expected 'auto', a kind (cpu, gpu, npu, tpu, fpga), "
+        "either one with ':measure', "
         f"'litert:<{'|'.join(_LITERT_TARGETS)}>' or 'openvino:<DEVICE>' (e.g. openvino:NPU, openvino:AUTO:NPU,CPU)",
         device=text,
     )

@@ -14,8 +14,10 @@ dequantized once (a few floats) for the softmax. Confidence is computed once per
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,6 +27,7 @@ import numpy.typing as npt
 
 from .bundle import Manifest, confidence, read_manifest, softmax, with_thresholds
 from .errors import ArgumentError, InputError, ModelClosedError, ModelLoadError
+from .futures import RequestPool, serial_pool
 from .model import Model, TrustedKeys, load_model
 from .result import Classification, label_for
 from .runner import Fill, Inputs
@@ -71,6 +74,8 @@ class EarlyExitModel:
         self.requantized_carries: list[int] = []
         self._clock = clock
         self._closed = False
+        self._pool: RequestPool | None = None  # made by the first submit
+        self._pool_lock = threading.Lock()
         self._check_stages()
         #: Estimated cost of each stage (us), for deadlines: measured at load (median of
         #: ``cost_passes`` passes of 8 runs, after 3 warm-up runs), then kept current by every run
@@ -301,6 +306,41 @@ class EarlyExitModel:
         ``[1, labels]`` (a new array). ``classify`` says which exit and how confident."""
         return [self.classify(x).scores.reshape(self.outputs[0].shape)]
 
+    # -- asynchronous execution (see edge_runtime.futures) ------------------------------------
+    def submit(self, x: Inputs) -> Future[list[npt.NDArray[np.float32]]]:
+        """A future of what ``infer(x)`` returns. Requests run one at a time, in submission order,
+        on one worker thread using the stages' own sessions (a bundle's stages carry tensors
+        between their own buffers): asynchronous, not parallel. Do not call ``classify`` or
+        ``infer`` while requests are pending. ``x`` is checked and copied now (``InputError``
+        here, not in the future); a failure while running settles this future only."""
+        shape = self.outputs[0].shape
+        return self._submit(x, None, lambda c: [c.scores.reshape(shape)])
+
+    def submit_classify(self, x: Inputs, *, deadline_ms: float | None = None) -> Future[Classification]:
+        """A future of what ``classify(x, deadline_ms=...)`` returns; runs as ``submit`` does.
+        The deadline counts from when the request starts, not from this call."""
+        if deadline_ms is not None and not (isinstance(deadline_ms, (int, float)) and deadline_ms >= 0):
+            raise ArgumentError(f"deadline_ms must be a number of milliseconds >= 0, got {deadline_ms!r}")
+        return self._submit(x, deadline_ms, lambda c: c)
+
+    def _submit(self, x: Inputs, deadline_ms: float | None, shape: Callable[[Classification], Any]) -> Future[Any]:
+        if self._closed:
+            raise self._closed_error()
+        if not isinstance(x, Mapping) and not isinstance(x, (list, tuple)):
+            x = np.array(x, copy=True)  # the request's own copy: the caller may change x at once
+        else:
+            x = [np.array(a, copy=True) for a in (x.values() if isinstance(x, Mapping) else x)]
+        fill = self._writer(x)
+        with self._pool_lock:
+            if self._closed:
+                raise self._closed_error()
+            if self._pool is None:
+                self._pool = serial_pool(
+                    lambda arrays: arrays, path=str(self.path), backend=self.backend, device=self.device
+                )
+            pool = self._pool
+        return pool.submit([], lambda _: shape(self._classify(fill, deadline_ms, False)))
+
     def exits_all(self, x: npt.ArrayLike) -> tuple[list[npt.NDArray[np.float64]], list[float]]:
         """Softmax of every exit (all stages run) and each stage's time in us: calibration's raw data."""
         probs, _, times, _ = self._run(self._writer(x), force_all=True)
@@ -348,8 +388,13 @@ class EarlyExitModel:
 
     def close(self) -> None:
         """Release every stage. Safe to call twice; afterwards calls raise ``ModelClosedError``
-        naming the bundle (not one of its stage files), as ``Model`` names its file."""
-        self._closed = True
+        naming the bundle (not one of its stage files), as ``Model`` names its file. Submitted
+        requests not yet started are cancelled; the one running is waited for."""
+        with self._pool_lock:  # no submit can make a new pool once this is done
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         for s in self.stages:
             s.close()
 

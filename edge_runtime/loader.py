@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .backends.isolated import Isolation
 from .device_info import Device
+from .errors import ArgumentError
 from .model import TrustedKeys, load_model, merge_threads
 from .runner import Runner
 
@@ -22,7 +23,7 @@ def load(
     path: str | Path,
     device: str | Sequence[str] = "auto",
     *,
-    threads: int | None = None,
+    threads: int | Literal["auto"] | None = None,
     performance_hint: str | None = "LATENCY",
     cache_dir: str | Path | None = None,
     openvino_config: dict[str, Any] | None = None,
@@ -32,6 +33,7 @@ def load(
     num_threads: int | None = None,
     isolate: bool | Isolation = False,
     trusted_keys: TrustedKeys | None = None,
+    measure_cache: str | Path | None = None,
 ) -> Runner:
     """Load a model file or an early-exit bundle on the best requested device; return a ``Runner``.
 
@@ -40,8 +42,14 @@ def load(
     ``load_model`` / ``load_bundle`` where a type checker should see the concrete class.
 
     ``device``: one request or a list tried in order (grammar: ``edge_runtime.devices``).
+    ``auto:measure`` times every candidate device and thread count (about a second for a small
+    model, once: the decision is cached) and loads on the fastest; plain ``auto`` takes such a
+    cached decision when there is one (``edge_runtime.measure``).
     ``threads``: CPU threads for inference (None: the backend's default; ``num_threads`` is
-    the older spelling of the same option, still accepted).
+    the older spelling of the same option, still accepted). ``"auto"``: time thread counts
+    (1, 2, the cores) on the first candidate device and use the fastest (cached as above).
+    ``measure_cache``: the directory of the measurement cache (default
+    ``$XDG_CACHE_HOME/edge_runtime``; a daemon passes its state directory).
     ``performance_hint``, ``cache_dir``, ``openvino_config``: OpenVINO compile options.
     ``openvino_plugins``: extra OpenVINO plugins, device name -> library path.
     ``devices``: the device table to select from (default: probed now, only what the request needs).
@@ -66,7 +74,10 @@ def load(
     wrongly signed, tampered or mixed model or bundle, ``VersionError`` for a release that needs
     a newer edge_runtime, ``ArgumentError`` for a bad key file or a missing ``cryptography``.
     """
-    threads = merge_threads(threads, num_threads)
+    if threads != "auto":
+        threads = merge_threads(threads, num_threads)
+    elif num_threads is not None:
+        raise ArgumentError(f"threads='auto' and num_threads={num_threads!r} disagree: pass only threads")
     options: dict[str, Any] = {
         "threads": threads,
         "performance_hint": performance_hint,
@@ -79,6 +90,8 @@ def load(
     }
     if trusted_keys is not None:
         options["trusted_keys"] = trusted_keys
+    if measure_cache is not None:
+        options["measure_cache"] = measure_cache
     if Path(path).is_dir():
         from .bundle import MANIFEST  # imported when a directory is loaded: a plain model never needs them
 

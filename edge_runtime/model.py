@@ -20,12 +20,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +48,7 @@ from .errors import (
     ModelLoadError,
     SignatureError,
 )
+from .futures import RequestPool
 from .model_file import READERS, ModelSource, read_model_file
 from .result import Classification, top_score
 from .runner import Fill, Inputs
@@ -112,6 +115,9 @@ class Model:
         #: The signed manifest verified at load (``trusted_keys=``; a bundle stage: the bundle's),
         #: its ``model_version`` and ``digest`` naming the release; None when loaded unverified.
         self.release: VerifiedManifest | None = release
+        self._pool: RequestPool | None = None  # made by the first submit (or start_workers)
+        self._pool_lock = threading.Lock()
+        self._submit_local = threading.local()  # per submitting thread: its own Quantizers
 
     @property
     def session(self) -> Session:
@@ -215,6 +221,78 @@ class Model:
             del out
         return top_score(scores, self.labels, (time.perf_counter_ns() - t0) / 1e3)
 
+    # -- asynchronous execution (see edge_runtime.futures) ------------------------------------
+    def start_workers(self, workers: int | None = None) -> RequestPool:
+        """Make the pool ``submit`` runs on, if not made yet, and return it (``workers``: how many
+        requests run at once; ``pool.workers`` says how many it got). Optional: the first
+        ``submit`` makes it with the default. ``ArgumentError`` when a pool of another size
+        exists. LiteRT (cpu): ``workers`` new interpreters, default the cores divided by the
+        thread count; OpenVINO: an ``AsyncInferQueue`` of ``workers`` infer requests, default
+        the compiled model's ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` (load with
+        ``performance_hint="THROUGHPUT"`` for several streams); isolated sessions and delegates:
+        one worker on the model's own session (no parallelism)."""
+        check_threads(workers)
+        with self._pool_lock:
+            session = self.session  # ModelClosedError once closed
+            pool = self._pool
+            if pool is None:
+                pool = self._pool = session.open_pool(workers)
+            elif workers is not None and workers != pool.workers:
+                raise ArgumentError(f"the submit pool already has {pool.workers} workers; asked for {workers}")
+        return pool
+
+    def submit(self, x: Inputs) -> Future[list[npt.NDArray[np.float32]]]:
+        """Run ``x`` asynchronously: a future of what ``infer(x)`` returns (float32 arrays, one per
+        output, new and owned by the caller; bit-identical to ``infer``).
+
+        ``x`` is checked and converted now (quantized into new arrays the request owns, so
+        the caller may change ``x`` at once): a bad input raises ``InputError`` here, not in the
+        future; a closed model raises ``ModelClosedError``. A failure while running settles
+        this future only, with ``InferenceError``. Blocks while the pool's ``max_in_flight``
+        requests are pending. See ``start_workers`` for where requests run.
+        """
+        arrays = self._request_arrays(x)
+        outputs = self.outputs
+        return self.start_workers().submit(arrays, lambda raw: [dequantize(r, s) for r, s in zip(raw, outputs)])
+
+    def submit_classify(self, x: Inputs) -> Future[Classification]:
+        """``submit``, then name the class of the first output as ``classify`` does. The result's
+        ``stage_us`` holds the time from this call to the result, in microseconds (the wait in
+        the queue included)."""
+        arrays = self._request_arrays(x)
+        spec, labels = self.outputs[0], self.labels
+        t0 = time.perf_counter_ns()
+
+        def finish(raw: list[npt.NDArray[Any]]) -> Classification:
+            scores = dequantize(raw[0], spec).reshape(-1)
+            return top_score(scores, labels, (time.perf_counter_ns() - t0) / 1e3)
+
+        return self.start_workers().submit(arrays, finish)
+
+    def _request_arrays(self, x: Inputs) -> list[npt.NDArray[Any]]:
+        """``x`` checked as ``infer`` checks it, as new arrays of the inputs' dtypes (quantized the
+        way ``infer`` quantizes, so the results are bit-identical), owned by one request."""
+        if self._session is None:
+            raise ModelClosedError("model is closed", path=str(self.path), backend=self.backend, device=self.device)
+        quantizers: list[Quantizer | None] | None = getattr(self._submit_local, "quantizers", None)
+        if quantizers is None:  # a Quantizer owns scratch memory: one set per submitting thread
+            quantizers = self._submit_local.quantizers = [
+                Quantizer(s) if s.quantization is not None else None for s in self.inputs
+            ]
+        items = [x] if self._fast is not None and type(x) is np.ndarray else self._items(x)
+        arrays = []
+        for i, (a, spec) in enumerate(zip(items, self.inputs)):
+            self._check(a, spec, convert=True)
+            out = np.empty(spec.shape, spec.dtype)
+            if a.dtype == spec.dtype:
+                np.copyto(out, a)
+            elif (quantizer := quantizers[i]) is not None:
+                quantizer(a, out)
+            else:
+                np.copyto(out, a, casting="same_kind")
+            arrays.append(out)
+        return arrays
+
     def _items(self, x: Inputs) -> list[npt.NDArray[Any]]:
         """The inputs in model order, as arrays (no copy of an array), counted and named."""
         if isinstance(x, Mapping):
@@ -285,8 +363,15 @@ class Model:
         return f"{self.path.name} on {self.device} ({self.device_info.full_name})"
 
     def close(self) -> None:
-        """Release the backend session. Safe to call twice; afterwards calls raise ``ModelClosedError``."""
-        session, self._session = self._session, None
+        """Release the backend session. Safe to call twice; afterwards calls raise ``ModelClosedError``.
+
+        Submitted requests not yet started are cancelled (their futures raise ``CancelledError``);
+        those running are waited for; then the pool and the session are released."""
+        with self._pool_lock:  # no submit can make a new pool once this is done
+            pool, self._pool = self._pool, None
+            session, self._session = self._session, None
+        if pool is not None:
+            pool.close()
         if session is not None:
             session.close()
 
@@ -324,7 +409,7 @@ def load_model(
     path: str | Path,
     device: str | Sequence[str] = "auto",
     *,
-    threads: int | None = None,
+    threads: int | Literal["auto"] | None = None,
     performance_hint: str | None = "LATENCY",
     cache_dir: str | Path | None = None,
     openvino_config: dict[str, Any] | None = None,
@@ -332,6 +417,7 @@ def load_model(
     devices: Sequence[Device] | None = None,
     labels: Sequence[str] | None = None,
     sidecar: bool = True,
+    measure_cache: str | Path | None = None,
     num_threads: int | None = None,
     isolate: bool | Isolation = False,
     trusted_keys: TrustedKeys | None = None,
@@ -347,10 +433,11 @@ def load_model(
     again. See ``edge_runtime.load`` for the rest.
     """
     policy = as_isolation(isolate)
+    auto_threads = threads == "auto"
     requests = [parse_request(r) for r in ([device] if isinstance(device, str) else device)]
     if not requests:
         raise DeviceRequestError("empty device request list", path=str(path))
-    threads = merge_threads(threads, num_threads)
+    threads = merge_threads(None if threads == "auto" else threads, num_threads)
     if release is None and trusted_keys is not None:
         release = verify_signed(path, trusted_keys)
     source = read_model_file(path) if release is None else read_signed(path, release)
@@ -376,6 +463,13 @@ def load_model(
         "cache_dir": str(cache_dir) if cache_dir else None,
         "openvino_config": openvino_config,
     }
+    measure = any(r.measure for r in requests)
+    if measure or auto_threads or (len(requests) == 1 and requests[0].is_auto and threads is None):
+        from .measure import plan  # imported when measuring or when plain auto may use a cached choice
+
+        text = ", ".join(r.text for r in requests)
+        selection, threads = plan(source, text, selection, threads, measure, auto_threads, measure_cache, options)
+        options["num_threads"] = threads
     # A fallback is loud: each device that refused the model is a warning once a later one has
     # loaded it. When every device refuses, the ModelLoadError lists them all, once (no warnings).
     refused: list[tuple[str, str]] = []

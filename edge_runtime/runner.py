@@ -9,6 +9,7 @@ its thresholds and deadlines.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -75,6 +76,16 @@ class Runner(Protocol):
     def classify_in_place(self, fill: Fill, *, deadline_ms: float | None = None) -> Classification:
         """The streaming path: ``fill`` writes the (already quantized) input straight into the
         input tensor; then run and name the class. No copy of the input is made."""
+        ...
+
+    def submit(self, x: Inputs) -> Future[list[npt.NDArray[np.float32]]]:
+        """Run asynchronously: a future of what ``infer(x)`` returns. A bad input raises
+        ``InputError`` here; a failure while running settles this future only
+        (``InferenceError``). See ``edge_runtime.futures`` for ordering, back-pressure, close."""
+        ...
+
+    def submit_classify(self, x: Inputs) -> Future[Classification]:
+        """``submit``, then name the class as ``classify`` does."""
         ...
 
     def to_dict(self) -> dict[str, Any]:

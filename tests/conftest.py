@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,10 @@ try:  # Imported here, at a shallow stack: CPython 3.11.7 fails to compile hypot
     import hypothesis  # noqa: F401  # when its pytest plugin first imports them deep in the summary hook.
 except ImportError:
     pass
+
+# Measured device choices (edge_runtime/measure.py) are cached per user; the suite keeps its own,
+# so a developer's cached measurement never steers a test's plain `auto` load (children inherit it).
+os.environ["EDGE_RUNTIME_MEASURE_CACHE"] = tempfile.mkdtemp(prefix="edge-runtime-test-measure-")
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

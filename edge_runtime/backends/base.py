@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy.typing as npt
 
+from ..futures import RequestPool, serial_pool
 from ..tensors import TensorSpec
 
 
@@ -26,6 +27,9 @@ class Capabilities:
     """
 
     writable_inputs: bool = False
+    #: ``open_pool`` runs requests in parallel (its own interpreters or infer requests); when
+    #: False it runs them one at a time on this session (asynchronous, not parallel).
+    parallel_submit: bool = False
 
 
 class Session(ABC):
@@ -42,6 +46,8 @@ class Session(ABC):
     op_count: int | None = None
     #: Where the model really runs (OpenVINO's EXECUTION_DEVICES, e.g. for AUTO); () if unknown.
     execution_devices: tuple[str, ...] = ()
+    #: The model's path as errors name it (set by each backend's constructor).
+    _where: str = ""
 
     @abstractmethod
     def run(self, arrays: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
@@ -67,6 +73,19 @@ class Session(ABC):
     def input_buffer(self, index: int) -> npt.NDArray[Any]:
         """A writable view of input ``index``'s memory (see ``Capabilities.writable_inputs``)."""
         raise NotImplementedError(f"{self.backend} sessions have no writable input buffers")
+
+    def open_pool(self, workers: int | None = None) -> RequestPool:
+        """A pool for ``submit`` (see ``edge_runtime.futures``), owned by the caller (close it
+        before this session). The default: one worker running this session's own ``run``, so
+        no parallelism, and the caller must not run this session while requests are pending;
+        ``workers`` is ignored. Backends that run in parallel override it and set
+        ``Capabilities.parallel_submit``."""
+        return serial_pool(self.run, path=self.where, backend=self.backend, device=self.device)
+
+    @property
+    def where(self) -> str:
+        """The model's path, for errors."""
+        return self._where
 
     @abstractmethod
     def close(self) -> None:

@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from ..device_info import Device
 from ..errors import BackendUnavailableError, InferenceError, ModelClosedError, ModelLoadError
+from ..futures import Arrays, RequestPool, RunFn, ThreadPool, default_workers, serial_pool
 from ..model_file import ModelSource
 from ..tensors import Quantization, TensorSpec
 from .base import Capabilities, Session
@@ -397,6 +398,11 @@ class LiteRTSession(Session):
         self._out_idx = [int(d["index"]) for d in outs]
         self._where = where
         self.execution_devices = (self.device,)
+        # Kept for ``open_pool``: each worker's interpreter is made from the same bytes and options.
+        self._content = source.content
+        self._num_threads = num_threads
+        if device.name == "cpu":
+            self.capabilities = Capabilities(writable_inputs=True, parallel_submit=True)
 
     def input_buffer(self, index: int) -> npt.NDArray[Any]:
         """A view of input ``index``'s tensor memory, made fresh on every call.
@@ -446,6 +452,55 @@ class LiteRTSession(Session):
                 f"set_tensor failed: {exc}", path=self._where, backend=NAME, device=self.device
             ) from exc
         return self.run_prepared()  # get_tensor returns copies
+
+    def open_pool(self, workers: int | None = None) -> RequestPool:
+        """A pool of ``workers`` new interpreters (default: the cores divided by this session's
+        thread count), each with this session's thread count and driven by its own thread;
+        ``invoke`` releases the GIL, so they run in parallel. Made now, on the caller's thread: a
+        failure raises ``ModelLoadError`` here. This session's own interpreter is not used, so
+        ``infer`` may run while requests are pending. On a delegate (not ``cpu``): one worker
+        on this session's own interpreter (a delegate's device is not opened twice)."""
+        if self._interp is None:
+            raise self._closed()
+        if not self.capabilities.parallel_submit:
+            return serial_pool(self.run, path=self._where, backend=NAME, device=self.device)
+        n = workers if workers is not None else default_workers(self._num_threads)
+        runners = [self._worker_runner() for _ in range(n)]
+        return ThreadPool(
+            runners,
+            parallel=n > 1,
+            path=self._where,
+            backend=NAME,
+            device=self.device,
+            name="edge_runtime-litert",
+        )
+
+    def _worker_runner(self) -> RunFn:
+        """A new interpreter for one pool worker, as a function: arrays in, new output arrays out."""
+        rt = _import_runtime()
+        kwargs: dict[str, Any] = {"model_content": self._content}
+        if self._num_threads is not None:
+            kwargs["num_threads"] = self._num_threads
+        try:
+            interp = rt.interpreter(**kwargs)
+            with native_stderr_to_log():
+                interp.allocate_tensors()
+        except (RuntimeError, ValueError) as exc:
+            raise ModelLoadError(
+                f"cannot make a worker interpreter: {str(exc).strip()}",
+                path=self._where,
+                backend=NAME,
+                device=self.device,
+            ) from exc
+        in_idx, out_idx = list(self._in_idx), list(self._out_idx)
+
+        def run(arrays: Arrays) -> list[npt.NDArray[Any]]:
+            for idx, arr in zip(in_idx, arrays):
+                interp.set_tensor(idx, arr)  # the one copy in
+            interp.invoke()  # releases the GIL
+            return [interp.get_tensor(idx) for idx in out_idx]  # copies, owned by the request
+
+        return run
 
     def close(self) -> None:
         self._interp = None

@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Collection
+import threading
+from collections.abc import Callable, Collection
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import numpy.typing as npt
 
 from ..device_info import Device, openvino_kind
 from ..errors import BackendUnavailableError, InferenceError, ModelClosedError, ModelLoadError
+from ..futures import Arrays, RequestPool, T
 from ..model_file import ONNX, OPENVINO_IR, ModelSource
 from ..tensors import Quantization, TensorSpec
 from .base import Capabilities, Session
@@ -316,7 +319,7 @@ class OpenVINOSession(Session):
     """A compiled model and one infer request whose input tensors are reused."""
 
     backend = NAME
-    capabilities = Capabilities(writable_inputs=True)
+    capabilities = Capabilities(writable_inputs=True, parallel_submit=True)
 
     def __init__(
         self,
@@ -363,6 +366,10 @@ class OpenVINOSession(Session):
         if cache_dir:
             props["CACHE_DIR"] = str(cache_dir)
         props.update(config or {})
+        if performance_hint == "THROUGHPUT":
+            # Pinned streams of several models in one process all land on the same cores
+            # (measured: two one-thread models on core 0); unpinned, they share every core.
+            props.setdefault("ENABLE_CPU_PINNING", False)
         if target.split(".")[0] != "CPU":
             # CPU-plugin-only keys (the daemon turns pinning off for every model it loads) would
             # make another plugin refuse the whole compile.
@@ -480,12 +487,92 @@ class OpenVINOSession(Session):
             raise self._closed()
         return [self._request.get_output_tensor(i).data.copy() for i in range(self._n_out)]
 
+    def open_pool(self, workers: int | None = None) -> RequestPool:
+        """An ``AsyncInferQueue`` of ``workers`` infer requests on this compiled model (default:
+        the ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` it reports). Requests run in parallel only on a
+        model compiled for several streams: load with ``performance_hint="THROUGHPUT"`` (the
+        default ``LATENCY`` hint compiles one stream: one request at a time). This session's own
+        request is not used, so ``infer`` may run while requests are pending."""
+        compiled = self._compiled
+        if compiled is None:
+            raise self._closed()
+        jobs = workers
+        if jobs is None:
+            try:
+                jobs = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            except (RuntimeError, TypeError, ValueError):
+                jobs = 1
+        try:
+            streams = int(compiled.get_property("NUM_STREAMS"))
+        except (RuntimeError, TypeError, ValueError):
+            streams = jobs
+        return AsyncPool(
+            compiled,
+            max(1, jobs),
+            len(self.outputs),
+            parallel=jobs > 1 and streams > 1,
+            where=self._where,
+            device=self.device,
+        )
+
     def close(self) -> None:
         """Release the request and the compiled model. Safe to call twice."""
         self._in_views = []
         self._out_views = None
         self._request = None
         self._compiled = None
+
+
+class AsyncPool(RequestPool):
+    """Requests on an ``openvino.AsyncInferQueue``: inputs are copied into an idle infer request
+    at ``submit``; OpenVINO's callback copies the outputs out (new arrays, owned by the
+    request), runs ``finish`` and settles the future. ``max_in_flight`` is the number of jobs:
+    ``submit`` blocks while every infer request is busy.
+
+    OpenVINO does not call the Python callback of a request that fails inside the plugin; such
+    a request is found when its infer request is next taken (or at ``close``) and its future
+    gets an ``InferenceError``."""
+
+    def __init__(self, compiled: Any, jobs: int, n_out: int, *, parallel: bool, where: str, device: str) -> None:
+        super().__init__(jobs, jobs, path=where, backend=NAME, device=device)
+        self.parallel = parallel
+        self._n_out = n_out
+        self._queue = _ov().AsyncInferQueue(compiled, jobs)
+        self._queue.set_callback(self._done)
+        self._started: list[Future[Any] | None] = [None] * jobs  # the last request on each job
+        self._start_lock = threading.Lock()
+
+    def _start(self, fut: Future[T], arrays: Arrays, finish: Callable[[Any], T]) -> None:
+        with self._start_lock:
+            job = int(self._queue.get_idle_request_id())  # start_async takes this same one
+            self._reap(job)
+            self._started[job] = fut
+            try:
+                self._queue.start_async(dict(enumerate(arrays)), (fut, finish))  # copies the inputs
+            except RuntimeError as exc:
+                self._started[job] = None
+                raise self.error(f"start_async failed: {_first_line(exc)}") from exc
+
+    def _done(self, request: Any, userdata: tuple[Future[Any], Callable[[Any], Any]]) -> None:
+        fut, finish = userdata
+        n = self._n_out
+        self.settle(fut, lambda: finish([request.get_output_tensor(i).data.copy() for i in range(n)]))
+
+    def _reap(self, job: int) -> None:
+        """The request last started on ``job`` (now idle) never called back: it failed in OpenVINO."""
+        fut = self._started[job]
+        if fut is not None and not fut.done():
+            fut.set_exception(self.error("inference failed inside OpenVINO (no result came back)"))
+
+    def _shutdown(self) -> None:
+        try:
+            self._queue.wait_all()
+        except RuntimeError:  # errors belong to their requests' futures, settled below
+            pass
+        with self._start_lock:
+            for job in range(len(self._started)):
+                self._reap(job)
+            self._started = [None] * len(self._started)
 
 
 #: Compile options only the CPU plugin takes: left out when compiling for another device.

@@ -1,0 +1,250 @@
+"""Throughput of ``submit`` against sequential calls, on LiteRT and OpenVINO.
+
+For each model (the shipped ``models/*.tflite`` and the MLPerf Tiny models in
+``../shared/models/mlperf_tiny``, skipped when absent) and each backend it measures, in
+inferences per second:
+
+- ``seq``: sequential ``infer_raw`` calls on a one-thread model (the single-stream rate);
+- ``submit xN``: ``submit`` with N requests in flight (LiteRT: the default pool, cores //
+  threads interpreters of one thread; OpenVINO: N infer requests); on OpenVINO, with the
+  ``LATENCY`` hint and with the ``THROUGHPUT`` hint (and CPU pinning off, as that hint sets it);
+- ``ceiling``: no ``submit``: one thread per core, each looping ``infer_raw`` on a model of its
+  own (what the hardware and the GIL allow; the gap to ``submit`` is the hand-off's cost).
+
+Each case: warm-up, then ``--passes`` passes of ``--seconds`` each; the median rate and the
+spread (max - min of the passes, as a % of the median). The ratio is against ``seq``. The
+target, "4 in flight >= 1.8x the single-stream sequential rate on models of >= 50 us per
+inference, on both backends", is checked on the best 4-in-flight case of each backend and
+printed as met or not met.
+
+    .venv/bin/python scripts/bench_throughput.py [--passes 5] [--seconds 1.0] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import edge_runtime as er  # noqa: E402
+from edge_runtime.futures import available_cores  # noqa: E402
+from edge_runtime.tensors import random_tensor  # noqa: E402
+
+MLPERF = ROOT.parent / "shared" / "models" / "mlperf_tiny"
+DEVICE = {"litert": "litert:cpu", "openvino": "openvino:CPU"}
+TARGET_RATIO = 1.8
+TARGET_MIN_US = 50.0
+TARGET_IN_FLIGHT = 4
+
+
+def rate(run_for: Callable[[float], int], seconds: float, passes: int) -> tuple[float, float]:
+    """Median inferences/s over ``passes`` passes, and the spread (max - min) in % of it."""
+    run_for(min(0.3, seconds))  # warm-up
+    rates = []
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        n = run_for(seconds)
+        rates.append(n / (time.perf_counter() - t0))
+    med = statistics.median(rates)
+    return med, 100.0 * (max(rates) - min(rates)) / med
+
+
+def sequential(model: er.Model, x: Any) -> Callable[[float], int]:
+    def run_for(seconds: float) -> int:
+        end = time.perf_counter() + seconds
+        n = 0
+        while time.perf_counter() < end:
+            for _ in range(8):
+                model.infer_raw(x)
+            n += 8
+        return n
+
+    return run_for
+
+
+def submitting(model: er.Model, x: Any, in_flight: int) -> Callable[[float], int]:
+    """Keeps ``in_flight`` requests pending; each completion (in order) is replaced by a new one."""
+
+    def run_for(seconds: float) -> int:
+        end = time.perf_counter() + seconds
+        window: deque[Future[Any]] = deque(model.submit(x) for _ in range(in_flight))
+        n = 0
+        while time.perf_counter() < end:
+            window.popleft().result()
+            n += 1
+            window.append(model.submit(x))
+        while window:
+            window.popleft().result()
+            n += 1
+        return n
+
+    return run_for
+
+
+def free_threads(models: list[er.Model], x: Any) -> Callable[[float], int]:
+    """The ceiling without ``submit``: one thread per model, each looping ``infer_raw``."""
+
+    def run_for(seconds: float) -> int:
+        end = time.perf_counter() + seconds
+        counts = [0] * len(models)
+
+        def loop(k: int) -> None:
+            m, n = models[k], 0
+            while time.perf_counter() < end:
+                for _ in range(8):
+                    m.infer_raw(x)
+                n += 8
+            counts[k] = n
+
+        threads = [threading.Thread(target=loop, args=(k,)) for k in range(len(models))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(counts)
+
+    return run_for
+
+
+def ov_threads(model: er.Model) -> str:
+    compiled = getattr(model.session, "_compiled", None)  # bench-only peek at OpenVINO's choice
+    if compiled is None:
+        return ""
+    try:
+        return (
+            f"streams={compiled.get_property('NUM_STREAMS')} "
+            f"threads={compiled.get_property('INFERENCE_NUM_THREADS')} "
+            f"pinning={compiled.get_property('ENABLE_CPU_PINNING')}"
+        )
+    except RuntimeError:
+        return ""
+
+
+def bench_model(path: Path, backend: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    with er.load_model(path, DEVICE[backend], threads=1, sidecar=False) as m:
+        x = random_tensor(m.inputs[0], seed=1)
+        seq, seq_spread = rate(sequential(m, x), args.seconds, args.passes)
+        rows.append(
+            {
+                "case": "seq infer_raw",
+                "in_flight": 1,
+                "rate": seq,
+                "spread": seq_spread,
+                "threads": f"1 ({ov_threads(m)})" if backend == "openvino" else "1",
+            }
+        )
+    us = 1e6 / seq
+    hints = ("LATENCY", "THROUGHPUT") if backend == "openvino" else (None,)
+    for hint in hints:
+        for n in (1, 2, 4):
+            opts: dict[str, Any] = {"sidecar": False}
+            if backend == "litert":
+                opts["threads"] = 1
+            else:  # THROUGHPUT picks its own streams and threads; LATENCY gets one thread, as seq
+                opts["performance_hint"] = hint
+                if hint == "LATENCY":
+                    opts["threads"] = 1
+            with er.load_model(path, DEVICE[backend], **opts) as m:
+                # LiteRT: the default pool (cores // threads interpreters), n requests in flight;
+                # OpenVINO: n infer requests (its streams bound the parallelism).
+                pool = m.start_workers(None if backend == "litert" else n)
+                r, spread = rate(submitting(m, x, n), args.seconds, args.passes)
+                threads = f"{pool.workers} x 1" if backend == "litert" else ov_threads(m)
+                rows.append(
+                    {
+                        "case": f"submit {hint or ''}".strip(),
+                        "in_flight": n,
+                        "rate": r,
+                        "spread": spread,
+                        "threads": threads,
+                        "parallel": pool.parallel,
+                    }
+                )
+    # The ceiling: N independent one-thread models on N threads, no submit (what the hand-off costs).
+    n = min(TARGET_IN_FLIGHT, available_cores())
+    cfg: dict[str, Any] = {"openvino_config": {"ENABLE_CPU_PINNING": False}} if backend == "openvino" else {}
+    ms = [er.load_model(path, DEVICE[backend], threads=1, sidecar=False, **cfg) for _ in range(n)]
+    try:
+        r, spread = rate(free_threads(ms, x), args.seconds, args.passes)
+    finally:
+        for m in ms:
+            m.close()
+    rows.append({"case": "ceiling (no submit)", "in_flight": n, "rate": r, "spread": spread, "threads": f"{n} x 1"})
+    for row in rows:
+        row.update(model=path.name, backend=backend, seq_us=us, ratio=row["rate"] / seq)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--passes", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=1.0, help="length of one pass, seconds")
+    ap.add_argument("--backend", action="append", choices=sorted(DEVICE), help="default: both")
+    ap.add_argument("--json", type=Path, help="also write every row here")
+    args = ap.parse_args()
+    models = sorted((ROOT / "models").glob("*.tflite"))
+    models += sorted(MLPERF.glob("*.tflite")) if MLPERF.is_dir() else []
+    if not MLPERF.is_dir():
+        print(f"# {MLPERF} absent: MLPerf Tiny models skipped")
+    backends = args.backend or sorted(DEVICE)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {platform.machine()}, {available_cores()} cores "
+        f"(os.cpu_count()={os.cpu_count()}), loadavg {os.getloadavg()[0]:.2f}, "
+        f"passes={args.passes} x {args.seconds:g} s, numpy {np.__version__}, edge_runtime {er.__version__}"
+    )
+    print(f"{'model':28} {'backend':8} {'case':18} {'fly':>3} {'inf/s':>9} {'spread':>7} {'ratio':>6}  threads")
+    rows: list[dict[str, Any]] = []
+    for path in models:
+        for backend in backends:
+            try:
+                got = bench_model(path, backend, args)
+            except er.errors.EdgeRuntimeError as exc:
+                print(f"{path.name:28} {backend:8} skipped: {exc.reason}")
+                continue
+            for r in got:
+                print(
+                    f"{r['model'][:28]:28} {r['backend']:8} {r['case']:18} {r['in_flight']:>3} "
+                    f"{r['rate']:9.0f} {r['spread']:6.1f}% {r['ratio']:5.2f}x  {r['threads']}"
+                    + (f"  (seq {r['seq_us']:.0f} us)" if r["case"].startswith("seq") else "")
+                )
+            rows.extend(got)
+    print()
+    print(
+        f"# target: {TARGET_IN_FLIGHT} in flight >= {TARGET_RATIO}x the single-stream sequential rate, "
+        f"models of >= {TARGET_MIN_US:g} us per inference"
+    )
+    all_met = True
+    for backend in backends:
+        eligible = sorted({r["model"] for r in rows if r["backend"] == backend and r["seq_us"] >= TARGET_MIN_US})
+        for name in eligible:
+            best = max(
+                (r for r in rows if r["backend"] == backend and r["model"] == name and r["in_flight"] == 4),
+                key=lambda r: r["ratio"],
+            )
+            met = best["ratio"] >= TARGET_RATIO
+            all_met &= met
+            print(f"{backend:8} {name:28} best x4: {best['ratio']:.2f}x ({best['case']}) {'met' if met else 'NOT MET'}")
+    print(f"# target {'met' if all_met else 'NOT MET'} overall")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
