@@ -56,3 +56,17 @@ class Device:
             "capabilities": list(self.capabilities),
             "options": dict(self.options),
         }
+
+
+def cpuinfo_model_name() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (``model name``, or ``Model``/``Hardware`` on Arm
+    boards), read without spawning a process; None where there is no such line or file."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return None

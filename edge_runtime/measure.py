@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import OPENVINO, get_backend
+from .device_info import cpuinfo_model_name
 from .devices import Candidate, Selection
 from .errors import BackendUnavailableError, EdgeRuntimeError, ModelLoadError
 from .model_file import ModelSource, read_model_file
@@ -360,15 +361,7 @@ def default_cache_dir() -> Path:
 
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo ``model name``), else ``platform.processor()``/machine."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+    return cpuinfo_model_name() or platform.processor() or platform.machine() or "unknown"
 
 
 def runtime_versions(backends: Sequence[str]) -> dict[str, str]:

@@ -35,19 +35,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_overhead import default_models  # noqa: E402  (this folder is on sys.path: run as a script)
+
 import edge_runtime as er  # noqa: E402
 
 DEVICES = ("litert:cpu", "openvino:CPU")
-
-
-def default_models() -> list[Path]:
-    models = sorted((ROOT / "models").glob("*.tflite"))
-    mlperf = ROOT.parent / "shared" / "models" / "mlperf_tiny"
-    if mlperf.is_dir():
-        models += sorted(mlperf.glob("*.tflite"))
-    else:
-        print(f"note: {mlperf} absent; MLPerf Tiny models skipped", file=sys.stderr)
-    return models
 
 
 def measure(fns: dict[str, Callable[[], object]], runs: int, rounds: int) -> dict[str, dict[str, float]]:

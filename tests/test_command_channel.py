@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_stream_serial import wait_until
 
 from edge_runtime.errors import ArgumentError, StreamError
 from edge_runtime.hil.emulator import CommandHandler, Emulator, Faults
@@ -312,16 +313,6 @@ class Collector:
                 arrival_ns // 1000,
             )
         )
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10) -> bool:
-    """Poll ``condition`` until it holds (True) or ``timeout_s`` passes (False)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 @contextmanager

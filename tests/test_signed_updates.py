@@ -14,12 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import MODELS, ROOT, Cli, Running
+from test_daemon_reload import wait_for
 from test_daemon_service import Systemd, free_port, get, lines
 
 import edge_runtime as er
@@ -54,13 +55,6 @@ def release(folder: Path, version: str, key: Path | None, *, name: str = "", mod
     if key is not None:
         sign(path, key, version)
     return path
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 # -- load() ------------------------------------------------------------------------------------

@@ -438,12 +438,7 @@ class IsolatedSession(Session):
 
     def run_prepared(self) -> list[npt.NDArray[Any]]:
         self.invoke()
-        return [v.copy() for v in self.output_view_all()]
-
-    def output_view_all(self) -> list[npt.NDArray[Any]]:
-        if self._child is None:
-            raise self._error(InferenceError, "no outputs: the model's process is not running")
-        return self._child.outputs
+        return [self.output_view(i).copy() for i in range(len(self.outputs))]
 
     def run(self, arrays: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
         child = self._ready()

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..device_info import Device
+from ..device_info import Device, cpuinfo_model_name
 from ..errors import BackendUnavailableError, InferenceError, ModelClosedError, ModelLoadError
 from ..futures import Arrays, RequestPool, RunFn, ThreadPool, default_workers, serial_pool
 from ..model_file import ModelSource
@@ -203,15 +203,7 @@ def find_library(library: str) -> str | None:
 
 def _cpu_name() -> str:
     """The CPU's model name from /proc/cpuinfo (no process spawned), else the machine type."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.machine() or "unknown"
+    return cpuinfo_model_name() or platform.machine() or "unknown"
 
 
 def probe_devices(names: Collection[str] | None = None) -> list[Device]:

@@ -387,25 +387,44 @@ class Worker:
                 return self._back_to_last_good(exc, runner, load, report)
         if self.spec.on_device_error == "fail":
             return None
+        loaded = self._recovering_load(load, report, self.spec, self.device_index + 1, "no device to fall back to")
+        if loaded is None:
+            return None
+        new, index = loaded
+        self.runner, self.device_index = new, index
+        note_fallback(self, runner.device, new.device, f"inference failed on {runner.device}: {why(exc)}")
+        report("moved", runner.device, new.device, index, self.degraded)
+        self._let_go(runner)
+        return new
+
+    def _recovering_load(
+        self,
+        load: Callable[[Pipeline, int], tuple[Runner, int]],
+        report: Callable[..., None],
+        spec: Pipeline,
+        start: int,
+        failure: str,
+    ) -> tuple[Runner, int] | None:
+        """``load(spec, start)`` while ``recovering`` (no beats are due meanwhile, and ``report``
+        hears of it); None, with ``failure`` and the reason logged, when it raises."""
         self.recovering = True
         report("recovering", True)
         try:
-            new, index = load(self.spec, self.device_index + 1)
+            return load(spec, start)
         except EdgeRuntimeError as err:
-            log.error("edge_runtime: pipeline %s: no device to fall back to: %s", self.name, why(err))
+            log.error("edge_runtime: pipeline %s: %s: %s", self.name, failure, why(err))
             return None
         finally:
             self.recovering = False
             self.last_beat = time.monotonic()
             report("recovering", False)
-        self.runner, self.device_index = new, index
-        note_fallback(self, runner.device, new.device, f"inference failed on {runner.device}: {why(exc)}")
-        report("moved", runner.device, new.device, index, self.degraded)
+
+    def _let_go(self, runner: Runner) -> None:
+        """Close a runner this pipeline left; a broken device may fail to let go too (logged)."""
         try:
             runner.close()
-        except Exception as err:  # noqa: BLE001 - a broken device may fail to let go too
+        except Exception as err:  # noqa: BLE001 - logged, the pipeline goes on with its new runner
             log.warning("edge_runtime: pipeline %s: closing %s failed: %s", self.name, runner.device, why(err))
-        return new
 
     def _back_to_last_good(
         self,
@@ -418,29 +437,17 @@ class Worker:
         reload (``last_good``), loaded from its first device; None when that fails too."""
         good = self.last_good
         assert good is not None
-        self.recovering = True
-        report("recovering", True)
-        try:
-            new, index = load(good, 0)
-        except EdgeRuntimeError as err:
-            log.error(
-                "edge_runtime: pipeline %s: the last good model %s did not load: %s", self.name, good.model, why(err)
-            )
+        loaded = self._recovering_load(load, report, good, 0, f"the last good model {good.model} did not load")
+        if loaded is None:
             return None
-        finally:
-            self.recovering = False
-            self.last_beat = time.monotonic()
-            report("recovering", False)
+        new, index = loaded
         bad = self.spec.model
         self.spec, self.runner, self.device_index, self.last_good = good, new, index, None
         self.fallbacks += 1
         self.degraded = f"{bad} quarantined ({why(exc)}); serving the last good model {good.model}"
         log.error("edge_runtime: pipeline %s: %s", self.name, self.degraded)
         report("moved", runner.device, new.device, index, self.degraded)
-        try:
-            runner.close()
-        except Exception as err:  # noqa: BLE001 - a quarantined runner may fail to let go too
-            log.warning("edge_runtime: pipeline %s: closing %s failed: %s", self.name, runner.device, why(err))
+        self._let_go(runner)
         return new
 
     def passed_over(self) -> int:

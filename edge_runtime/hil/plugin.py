@@ -648,7 +648,6 @@ class HilRun:
                 # one line, no chained traceback: a port that does not open is the user's setup
                 error = self.error
                 reason = error.reason if isinstance(error, EdgeRuntimeError) else f"{type(error).__name__}: {error}"
-                reason = reason.replace(" (pass wait=True / --wait to wait for it to appear)", "")
                 pytest.fail(f"hil: the runtime could not open the link {self.link.url}: {reason}", pytrace=False)
             if time.monotonic() > deadline:
                 raise HilError(
