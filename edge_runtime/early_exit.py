@@ -428,6 +428,8 @@ def load_bundle(
     each stage's bytes, once read, are compared with it (see ``edge_runtime.load``). Raises
     ``ModelFileError`` for a bad manifest, and what ``load_model`` raises for a stage.
     """
+    if options.get("batch", 1) != 1:
+        raise ArgumentError(f"batch={options['batch']!r}: an early-exit bundle runs one window at a time", path=str(path))
     if trusted_keys is not None and options.get("release") is None:
         from .model import verify_signed
 

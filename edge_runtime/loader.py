@@ -15,7 +15,7 @@ from typing import Any, Literal
 from .backends.isolated import Isolation
 from .device_info import Device
 from .errors import ArgumentError
-from .model import TrustedKeys, load_model, merge_threads
+from .model import TrustedKeys, check_batch, load_model, merge_threads
 from .runner import Runner
 
 
@@ -34,6 +34,7 @@ def load(
     isolate: bool | Isolation = False,
     trusted_keys: TrustedKeys | None = None,
     measure_cache: str | Path | None = None,
+    batch: int = 1,
 ) -> Runner:
     """Load a model file or an early-exit bundle on the best requested device; return a ``Runner``.
 
@@ -48,6 +49,10 @@ def load(
     ``threads``: CPU threads for inference (None: the backend's default; ``num_threads`` is
     the older spelling of the same option, still accepted). ``"auto"``: time thread counts
     (1, 2, the cores) on the first candidate device and use the fastest (cached as above).
+    ``batch``: samples per call (a model file only): the first dimension of every input and
+    output becomes ``batch`` (LiteRT ``resize_tensor_input``, OpenVINO ``reshape``);
+    ``ModelLoadError`` when the model cannot carry a batch through (a reshape hard-coding 1).
+    To batch single windows from several streams, see ``edge_runtime.batching.DynamicBatcher``.
     ``measure_cache``: the directory of the measurement cache (default
     ``$XDG_CACHE_HOME/edge_runtime``; a daemon passes its state directory).
     ``performance_hint``, ``cache_dir``, ``openvino_config``: OpenVINO compile options.
@@ -92,6 +97,9 @@ def load(
         options["trusted_keys"] = trusted_keys
     if measure_cache is not None:
         options["measure_cache"] = measure_cache
+    check_batch(batch)
+    if batch != 1:
+        options["batch"] = batch
     if Path(path).is_dir():
         from .bundle import MANIFEST  # imported when a directory is loaded: a plain model never needs them
 

@@ -405,6 +405,12 @@ def check_threads(threads: int | None) -> None:
         raise ArgumentError(f"threads must be a whole number >= 1 (or None for the backend's default), got {threads!r}")
 
 
+def check_batch(batch: int) -> None:
+    """Raise ``ArgumentError`` unless ``batch`` is a whole number >= 1."""
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ArgumentError(f"batch must be a whole number >= 1, got {batch!r}")
+
+
 def load_model(
     path: str | Path,
     device: str | Sequence[str] = "auto",
@@ -422,6 +428,7 @@ def load_model(
     isolate: bool | Isolation = False,
     trusted_keys: TrustedKeys | None = None,
     release: VerifiedManifest | None = None,
+    batch: int = 1,
 ) -> Model:
     """Load one ``.tflite``, OpenVINO IR ``.xml`` or ``.onnx`` file on the best requested device.
 
@@ -430,8 +437,10 @@ def load_model(
     file (labels, preprocessing) when it exists; a malformed one is an ``ArgumentError``.
     ``release``: a manifest already verified that lists this file (``load_bundle`` passes its
     bundle's): the bytes read must match its entry, as with ``trusted_keys``, without verifying
-    again. See ``edge_runtime.load`` for the rest.
+    again. ``batch``: samples per call (every input's and output's first dimension). See
+    ``edge_runtime.load`` for the rest.
     """
+    check_batch(batch)
     policy = as_isolation(isolate)
     auto_threads = threads == "auto"
     requests = [parse_request(r) for r in ([device] if isinstance(device, str) else device)]
@@ -463,6 +472,8 @@ def load_model(
         "cache_dir": str(cache_dir) if cache_dir else None,
         "openvino_config": openvino_config,
     }
+    if batch != 1:
+        options["batch"] = batch
     measure = any(r.measure for r in requests)
     if measure or auto_threads or (len(requests) == 1 and requests[0].is_auto and threads is None):
         from .measure import plan  # imported when measuring or when plain auto may use a cached choice

@@ -349,7 +349,9 @@ class LiteRTSession(Session):
     backend = NAME
     capabilities = Capabilities(writable_inputs=True)
 
-    def __init__(self, source: ModelSource, device: Device, *, num_threads: int | None = None) -> None:
+    def __init__(
+        self, source: ModelSource, device: Device, *, num_threads: int | None = None, batch: int = 1
+    ) -> None:
         rt = _import_runtime()
         where = str(source.path)
         self.device = device.request
@@ -373,17 +375,20 @@ class LiteRTSession(Session):
                 device=self.device,
             ) from exc
         try:
+            if batch != 1:
+                _resize_batch(self._interp, batch, where, self.device)
             with native_stderr_to_log():
                 self._interp.allocate_tensors()
+            if batch != 1:
+                _check_batch_out(self._interp, batch, where, self.device)
             ins = self._interp.get_input_details()
             outs = self._interp.get_output_details()
             ops = getattr(self._interp, "_get_ops_details", None)
             self.op_count = len(ops()) if ops is not None else None
         except (RuntimeError, ValueError, UnicodeDecodeError) as exc:
             self._interp = None
-            raise ModelLoadError(
-                f"cannot prepare the model: {str(exc).strip()}", path=where, backend=NAME, device=self.device
-            ) from exc
+            what = "cannot prepare the model" if batch == 1 else f"cannot take a batch of {batch}"
+            raise ModelLoadError(f"{what}: {str(exc).strip()}", path=where, backend=NAME, device=self.device) from exc
         self.inputs = tuple(_spec(d) for d in ins)
         self.outputs = tuple(_spec(d) for d in outs)
         self._in_idx = [int(d["index"]) for d in ins]
@@ -393,6 +398,7 @@ class LiteRTSession(Session):
         # Kept for ``open_pool``: each worker's interpreter is made from the same bytes and options.
         self._content = source.content
         self._num_threads = num_threads
+        self._batch = batch
         if device.name == "cpu":
             self.capabilities = Capabilities(writable_inputs=True, parallel_submit=True)
 
@@ -475,6 +481,8 @@ class LiteRTSession(Session):
             kwargs["num_threads"] = self._num_threads
         try:
             interp = rt.interpreter(**kwargs)
+            if self._batch != 1:
+                _resize_batch(interp, self._batch, self._where, self.device)
             with native_stderr_to_log():
                 interp.allocate_tensors()
         except (RuntimeError, ValueError) as exc:
@@ -498,6 +506,45 @@ class LiteRTSession(Session):
         self._interp = None
 
 
-def open_session(source: ModelSource, device: Device, *, num_threads: int | None = None, **_: Any) -> Session:
-    """Load ``source`` on ``device`` (a LiteRT ``Device``); raise ``ModelLoadError`` on failure."""
-    return LiteRTSession(source, device, num_threads=num_threads)
+def _resize_batch(interp: Any, batch: int, where: str, device: str) -> None:
+    """Give every input a first dimension of ``batch`` (before ``allocate_tensors``)."""
+    for d in interp.get_input_details():
+        shape = [int(n) for n in d["shape"]]
+        if not shape or shape[0] not in (1, batch):
+            raise ModelLoadError(
+                f"cannot take a batch of {batch}: input {d['name']} has shape {tuple(shape)} "
+                "(its first dimension is not a batch of 1)",
+                path=where,
+                backend=NAME,
+                device=device,
+            )
+        if shape[0] != batch:
+            try:
+                interp.resize_tensor_input(int(d["index"]), [batch, *shape[1:]], strict=False)
+            except (RuntimeError, ValueError) as exc:
+                raise ModelLoadError(
+                    f"cannot take a batch of {batch}: {str(exc).strip()}", path=where, backend=NAME, device=device
+                ) from exc
+
+
+def _check_batch_out(interp: Any, batch: int, where: str, device: str) -> None:
+    """After resizing: every output must carry the batch (a model whose Reshape hard-codes 1 can
+    allocate fine and fold the batch into another dimension)."""
+    for d in interp.get_output_details():
+        shape = tuple(int(n) for n in d["shape"])
+        if not shape or shape[0] != batch:
+            raise ModelLoadError(
+                f"cannot take a batch of {batch}: output {d['name']} has shape {shape} with the inputs "
+                f"resized (the model does not carry a batch dimension through)",
+                path=where,
+                backend=NAME,
+                device=device,
+            )
+
+
+def open_session(
+    source: ModelSource, device: Device, *, num_threads: int | None = None, batch: int = 1, **_: Any
+) -> Session:
+    """Load ``source`` on ``device`` (a LiteRT ``Device``); raise ``ModelLoadError`` on failure.
+    ``batch``: samples per call (every input's first dimension resized to it)."""
+    return LiteRTSession(source, device, num_threads=num_threads, batch=batch)
