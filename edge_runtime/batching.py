@@ -182,7 +182,8 @@ class DynamicBatcher:
         self.inputs: tuple[TensorSpec, ...] = one.inputs
         self.outputs: tuple[TensorSpec, ...] = one.outputs
         self.stats = BatchStats()
-        self._lock = threading.Condition()
+        self._lock = threading.Condition(threading.Lock())
+        self._timer_idle = False  # the timer waits with no deadline: a new batch must wake it
         self._pending: list[_Request] = []
         self._deadline = 0.0  # monotonic seconds: when the oldest pending sample's wait ends
         self._taken = 0  # batches taken (each gets the next number)
@@ -239,7 +240,8 @@ class DynamicBatcher:
                 full = self._take()
             elif len(pending) == 1:
                 self._deadline = time.monotonic() + self._wait_s
-                self._lock.notify()  # the timer: a new oldest sample
+                if self._timer_idle:  # else it wakes by itself within max_wait_us and looks
+                    self._lock.notify()
         if full is not None:
             self._run(*full)
         return fut
@@ -256,14 +258,29 @@ class DynamicBatcher:
 
     # -- running batches ----------------------------------------------------------------------
     def _time_out(self) -> None:
-        """The timer thread: runs the pending batch when its oldest sample's wait is over."""
+        """The timer thread: runs the pending batch when its oldest sample's wait is over.
+
+        Waking a thread costs tens of microseconds here, as much as a small model's inference,
+        so ``submit`` wakes the timer only when it sleeps with no deadline. Under load the timer
+        stays armed instead: with nothing pending it waits one more ``max_wait_us`` before it
+        sleeps for good, and a batch opened meanwhile is looked at when that wait ends (its
+        deadline is no earlier)."""
         lock = self._lock
+        armed = False
         while True:
             with lock:
-                while not self._pending and not self._closed:
-                    lock.wait()
-                if not self._pending:  # closed and nothing left
-                    return
+                if not self._pending:
+                    if self._closed:
+                        return
+                    if armed:
+                        lock.wait(self._wait_s)  # linger: under load, the next batch is near
+                        armed = False
+                    else:
+                        self._timer_idle = True
+                        lock.wait()
+                        self._timer_idle = False
+                    continue
+                armed = True
                 left = self._deadline - time.monotonic()
                 if left > 0 and not self._closed:
                     lock.wait(left)
