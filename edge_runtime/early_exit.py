@@ -20,18 +20,22 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from .bundle import Manifest, confidence, read_manifest, softmax, with_thresholds
+from .devices import parse_request
 from .errors import ArgumentError, InputError, ModelClosedError, ModelLoadError
 from .futures import RequestPool, serial_pool
 from .model import Model, TrustedKeys, load_model
 from .result import Classification, label_for
 from .runner import Fill, Inputs
 from .tensors import TensorSpec, dequantize, quantize
+
+if TYPE_CHECKING:
+    from .measure import MeasuredChoice
 
 log = logging.getLogger("edge_runtime")
 
@@ -66,6 +70,9 @@ class EarlyExitModel:
         self.device: str = first.device
         self.device_info = first.device_info
         self.reason: str = first.reason
+        #: The table and the fastest setting when the bundle was loaded with ``...:measure`` or
+        #: ``threads="auto"`` (``edge_runtime.measure_bundle``); None otherwise.
+        self.measurement: MeasuredChoice | None = None
         self.attempts: tuple[str, ...] = first.attempts
         self.execution_devices: tuple[str, ...] = first.execution_devices
         self.inputs: tuple[TensorSpec, ...] = first.inputs
@@ -429,12 +436,25 @@ def load_bundle(
     ``ModelFileError`` for a bad manifest, and what ``load_model`` raises for a stage.
     """
     if options.get("batch", 1) != 1:
-        raise ArgumentError(f"batch={options['batch']!r}: an early-exit bundle runs one window at a time", path=str(path))
+        raise ArgumentError(
+            f"batch={options['batch']!r}: an early-exit bundle runs one window at a time", path=str(path)
+        )
     if trusted_keys is not None and options.get("release") is None:
         from .model import verify_signed
 
         options["release"] = verify_signed(path, trusted_keys)
     manifest = read_manifest(path)
+    data = options.pop("measure_data", None)
+    requests = [parse_request(r) for r in ([device] if isinstance(device, str) else device)]
+    measured = None
+    if any(r.measure for r in requests) or options.get("threads") == "auto":
+        from .measure_bundle import measure_bundle  # imported only when measuring
+
+        measured = measure_bundle(manifest, requests, options, data, labels=labels)
+        device = measured.fastest.request
+        options["threads"] = measured.fastest.threads
+    elif data is not None:
+        raise ArgumentError("measure_data is used only with device='...:measure' or threads='auto'", path=str(path))
     stages: list[Model] = []
     try:
         first = manifest.stages[0]
@@ -451,8 +471,12 @@ def load_bundle(
             name = spec.openvino if m0.backend == "openvino" and spec.openvino else (spec.tflite or spec.openvino)
             assert name is not None
             stages.append(load_model(manifest.path / name, m0.device, sidecar=False, **options))
-        return EarlyExitModel(manifest, stages, labels=labels)
+        bundle = EarlyExitModel(manifest, stages, labels=labels)
     except BaseException:
         for s in stages:
             s.close()
         raise
+    if measured is not None:
+        bundle.measurement = measured
+        bundle.reason = f"{', '.join(r.text for r in requests)} -> {measured.summary()}"
+    return bundle

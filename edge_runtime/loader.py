@@ -35,6 +35,7 @@ def load(
     trusted_keys: TrustedKeys | None = None,
     measure_cache: str | Path | None = None,
     batch: int = 1,
+    measure_data: Any = None,
 ) -> Runner:
     """Load a model file or an early-exit bundle on the best requested device; return a ``Runner``.
 
@@ -53,6 +54,10 @@ def load(
     output becomes ``batch`` (LiteRT ``resize_tensor_input``, OpenVINO ``reshape``);
     ``ModelLoadError`` when the model cannot carry a batch through (a reshape hard-coding 1).
     To batch single windows from several streams, see ``edge_runtime.batching.DynamicBatcher``.
+    ``measure_data``: for an early-exit bundle with ``...:measure`` or ``threads="auto"``:
+    representative windows (an array, first dimension the window count); each setting is
+    timed by ``classify`` over them (early exits as on that data) instead of every stage once
+    (``edge_runtime.measure_bundle``).
     ``measure_cache``: the directory of the measurement cache (default
     ``$XDG_CACHE_HOME/edge_runtime``; a daemon passes its state directory).
     ``performance_hint``, ``cache_dir``, ``openvino_config``: OpenVINO compile options.
@@ -106,5 +111,11 @@ def load(
         if (Path(path) / MANIFEST).is_file():
             from .early_exit import load_bundle
 
+            if measure_data is not None:
+                options["measure_data"] = measure_data
             return load_bundle(path, device, **options)
+    if measure_data is not None:
+        raise ArgumentError(
+            "measure_data is for early-exit bundles (a model's cost does not depend on its input)", path=str(path)
+        )
     return load_model(path, device, **options)

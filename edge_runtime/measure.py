@@ -309,6 +309,46 @@ def _open_setting(source: ModelSource, setting: Setting, options: dict[str, Any]
         raise
 
 
+Opener = Callable[[Setting], tuple[Callable[[], object], Callable[[], None]]]
+
+
+def time_settings(
+    settings: Sequence[Setting],
+    open_setting: Opener,
+    *,
+    runs: int = ROUNDS,
+    warmup: int = WARMUP,
+    budget_s: float = BUDGET_S,
+) -> list[Timing]:
+    """Open every setting (``open_setting(s)`` returns the call to time and its closer), time the
+    calls with their rounds interleaved (``time_interleaved``), close them all. A setting that
+    fails to open (``ModelLoadError``, ``BackendUnavailableError``) is a row with its ``error``.
+    ``budget_s``: timing time for all settings together, seconds (opening comes on top). Every
+    setting is held open at once: memory is the sum of them."""
+    each = budget_s / max(1, len(settings))
+    rows: list[Timing | None] = []
+    fns: list[Callable[[], object]] = []
+    closers: list[Callable[[], None]] = []
+    try:
+        for s in settings:
+            try:
+                fn, close = open_setting(s)
+            except (ModelLoadError, BackendUnavailableError) as exc:
+                rows.append(Timing(s.request, s.threads, 0.0, 0.0, error=exc.reason))
+                continue
+            fns.append(fn)
+            closers.append(close)
+            rows.append(None)
+        timed = iter(time_interleaved(fns, budget_s=each, rounds=runs, warmup=warmup))
+    finally:
+        for close in closers:
+            close()
+    return [
+        row if row is not None else replace(next(timed), request=s.request, threads=s.threads)
+        for s, row in zip(settings, rows)
+    ]
+
+
 def measure_settings(
     source: ModelSource,
     settings: Sequence[Setting],
@@ -323,28 +363,13 @@ def measure_settings(
     ``error``. ``budget_s``: timing time for all settings together, seconds (compiles come on
     top). Every setting's compiled model is held at once: memory is the sum of them."""
     opts = dict(options or {})
-    each = budget_s / max(1, len(settings))
-    rows: list[Timing | None] = []
-    models: list[Any] = []
-    try:
-        for s in settings:
-            try:
-                models.append(_open_setting(source, s, opts))
-                rows.append(None)
-            except (ModelLoadError, BackendUnavailableError) as exc:
-                rows.append(Timing(s.request, s.threads, 0.0, 0.0, error=exc.reason))
-        fns = []
-        for model in models:
-            inputs = [random_tensor(spec, seed=0) for spec in model.inputs]
-            fns.append(functools.partial(model.infer_raw, inputs[0] if len(inputs) == 1 else inputs))
-        timed = iter(time_interleaved(fns, budget_s=each, rounds=runs, warmup=warmup))
-    finally:
-        for model in models:
-            model.close()
-    return [
-        row if row is not None else replace(next(timed), request=s.request, threads=s.threads)
-        for s, row in zip(settings, rows)
-    ]
+
+    def open_one(s: Setting) -> tuple[Callable[[], object], Callable[[], None]]:
+        model = _open_setting(source, s, opts)
+        inputs = [random_tensor(spec, seed=0) for spec in model.inputs]
+        return functools.partial(model.infer_raw, inputs[0] if len(inputs) == 1 else inputs), model.close
+
+    return time_settings(settings, open_one, runs=runs, warmup=warmup, budget_s=budget_s)
 
 
 # --- cache --------------------------------------------------------------------------------
