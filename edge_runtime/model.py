@@ -103,6 +103,8 @@ class Model:
         self.op_count: int | None = session.op_count
         #: Where the ops really run, as far as the backend can tell (OpenVINO EXECUTION_DEVICES).
         self.execution_devices: tuple[str, ...] = session.execution_devices
+        #: The compiled-model cache on this load ("hit", "miss", "off", "openvino": see ``Session``).
+        self.compile_cache: str = session.compile_cache
         #: The JSON sidecar read beside the model (labels, preprocessing), if there was one.
         self.sidecar: Sidecar | None = sidecar
         #: Class names: ``labels=`` given to ``load``, else the sidecar's, else None.
@@ -350,6 +352,7 @@ class Model:
             "device_full_name": self.device_info.full_name,
             "device_kind": self.device_info.kind,
             "execution_devices": list(self.execution_devices),
+            "compile_cache": self.compile_cache,
             "reason": self.reason,
             "attempts": list(self.attempts),
             "op_count": self.op_count,

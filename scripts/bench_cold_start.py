@@ -10,7 +10,15 @@ first (both sides need it; it is not part of either figure), then times:
 - bare OpenVINO: ``import openvino`` + ``Core()`` + ``read_model`` (+ ``reshape`` of a dynamic batch
   to 1, as edge_runtime does) + ``compile_model(..., "CPU",
   {INFERENCE_NUM_THREADS: 1, PERFORMANCE_HINT: LATENCY})`` + ``create_infer_request`` + ``infer``;
-- OpenVINO again with ``cache_dir`` (ours) / ``CACHE_DIR`` (bare), the cache warmed first.
+- OpenVINO again with ``cache_dir`` (ours) / ``CACHE_DIR`` (bare), the cache warmed first;
+- ours on OpenVINO with the backend already imported (``edge_runtime.backends.openvino`` and its
+  ``Core``, before the clock starts: a daemon reloading a model), without and with the cache.
+
+Warm start, OpenVINO, ours: time to the first result with our compiled-model cache present
+(``cache_dir``: a hit imports the compiled blob, no ``read_model``) over the same without a
+cache; target <= 0.5x. Reported twice: for a fresh process's total (``import edge_runtime`` +
+``load``, which imports the backend, + first result) and from ``load()`` with the backend already
+imported. This target is reported, not part of the exit status.
 
 Also ``import edge_runtime`` alone, and which backend modules it imported (target: none).
 Target, per backend: our ``load`` + first result within 1.2x the bare runtime's time plus
@@ -21,7 +29,7 @@ beside it, and the ratio of the totals too. The script exits non-zero when a tar
 missed. Figures: median and spread (min-max) over ``--runs`` processes per variant,
 variants interleaved. Children run with compiled bytecode, as a pip install leaves it.
 
-    python scripts/bench_cold_start.py [--runs 9] [--json]
+    python scripts/bench_cold_start.py [--runs 9] [--json] [--models digits,vww]
 """
 
 from __future__ import annotations
@@ -56,9 +64,32 @@ m = er.load(sys.argv[1], sys.argv[2], threads=1, cache_dir=(sys.argv[3] or None)
 t2 = clock()
 m.infer_raw(np.zeros(m.inputs[0].shape, m.inputs[0].dtype))
 t3 = clock()
-print(json.dumps({"import": t1 - t0, "load": t2 - t1, "first": t3 - t2, "total": t3 - t0}))
+cache = getattr(m, "compile_cache", None) or getattr(getattr(m, "_session", None), "compile_cache", None)
+print(json.dumps({"import": t1 - t0, "load": t2 - t1, "first": t3 - t2, "total": t3 - t0, "cache": cache}))
 """
 )
+
+#: Ours with the OpenVINO backend and its Core already there (a daemon's reload): "import" is
+#: that import, and "load" starts after it.
+OURS_IMPORTED = (
+    PRELUDE
+    + """
+t0 = clock()
+import edge_runtime as er
+from edge_runtime.backends import openvino as backend
+backend.core()
+t1 = clock()
+m = er.load(sys.argv[1], sys.argv[2], threads=1, cache_dir=(sys.argv[3] or None))
+t2 = clock()
+m.infer_raw(np.zeros(m.inputs[0].shape, m.inputs[0].dtype))
+t3 = clock()
+cache = getattr(m, "compile_cache", None) or getattr(getattr(m, "_session", None), "compile_cache", None)
+print(json.dumps({"import": t1 - t0, "load": t2 - t1, "first": t3 - t2, "total": t3 - t0, "cache": cache}))
+"""
+)
+
+#: Warm (our cache present) over cold (no cache), OpenVINO, ours: at most this.
+WARM_TARGET = 0.5
 
 BARE_LITERT = (
     PRELUDE
@@ -137,10 +168,16 @@ def summary(samples: list[float]) -> dict[str, float]:
     return {"median_ms": round(statistics.median(ms), 2), "min_ms": round(min(ms), 2), "max_ms": round(max(ms), 2)}
 
 
+def _ms(got: list[dict[str, Any]], key: str | None) -> list[float]:
+    """Per-sample ms: ``key`` ("total"), or load + first result (None)."""
+    return [1e3 * (g[key] if key else g["load"] + g["first"]) for g in got]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=9, help="fresh processes per variant (default 9)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--models", default="", help="comma-separated substrings of model names (default: all)")
     args = parser.parse_args()
 
     models = [m for m in MODELS if m.is_file()]
@@ -148,6 +185,9 @@ def main() -> int:
         run(code, str(models[0]), device, "")  # writes the bytecode every later child reads
     if MLPERF.is_dir():
         models += sorted(MLPERF.glob("*.tflite"))
+    if args.models:
+        wanted = [w for w in args.models.split(",") if w]
+        models = [m for m in models if any(w in m.name for w in wanted)]
     imports = [run(IMPORT_ONLY) for _ in range(args.runs)]
     report: dict[str, Any] = {
         "python": sys.version.split()[0],
@@ -167,6 +207,8 @@ def main() -> int:
                 "openvino bare": (BARE_OPENVINO, str(model), "", ""),
                 "openvino ours, cache_dir": (OURS, str(model), "openvino:CPU", cache_ours),
                 "openvino bare, CACHE_DIR": (BARE_OPENVINO, str(model), "", cache_bare),
+                "openvino ours, imported": (OURS_IMPORTED, str(model), "openvino:CPU", ""),
+                "openvino ours, imported, cache_dir": (OURS_IMPORTED, str(model), "openvino:CPU", cache_ours),
             }
             run(OURS, str(model), "openvino:CPU", cache_ours)  # warm the caches
             run(BARE_OPENVINO, str(model), "", cache_bare)
@@ -197,6 +239,22 @@ def main() -> int:
                 )
                 row[f"{backend}: target met"] = ours <= limit
                 ok &= ours <= limit
+            warm = [name for name in variants if "ours" in name and "cache_dir" in name]
+            caches = {g.get("cache") for name in warm for g in samples[name]}
+            if caches - {"hit", None}:
+                raise SystemExit(f"bench_cold_start: {model.name}: a warm run was not a cache hit: {caches}")
+            for case, cold_name, warm_name, key in (
+                ("fresh process", "openvino ours", "openvino ours, cache_dir", "total"),
+                ("backend imported", "openvino ours, imported", "openvino ours, imported, cache_dir", None),
+            ):
+                cold_t = statistics.median(_ms(samples[cold_name], key))
+                warm_t = statistics.median(_ms(samples[warm_name], key))
+                row[f"warm/cold {case}"] = {
+                    "cold_ms": round(cold_t, 2),
+                    "warm_ms": round(warm_t, 2),
+                    "ratio": round(warm_t / cold_t, 3),
+                    "target_met": warm_t <= WARM_TARGET * cold_t,
+                }
             report["models"].append(row)
 
     if args.json:
@@ -226,10 +284,20 @@ def main() -> int:
                     f"{row[f'{backend}: limit ms']} ms -> {verdict}; totals incl. import edge_runtime "
                     f"{row[f'{backend}: total ours / bare']}x"
                 )
+            for case, what in (
+                ("fresh process", "import edge_runtime + load + first"),
+                ("backend imported", "load + first"),
+            ):
+                w = row[f"warm/cold {case}"]
+                print(
+                    f"{'':28s} openvino warm/cold, {case} ({what}): {w['warm_ms']} / {w['cold_ms']} ms = "
+                    f"{w['ratio']}x -> target <= {WARM_TARGET}x {'met' if w['target_met'] else 'MISSED'}"
+                )
             print()
         print(
             "target: our load + first result <= 1.2 x (bare: import of the backend library + load + first result)"
-            " + 5 ms, per backend"
+            " + 5 ms, per backend; OpenVINO warm (our cache present) / cold (no cache) <= "
+            f"{WARM_TARGET}x (reported only)"
         )
     return 0 if ok else 1
 

@@ -52,10 +52,11 @@ def test_batched_mlperf_model_is_bit_exact_on_litert(name: str) -> None:
             np.testing.assert_array_equal(rows[k : k + 1], one.infer_raw(x)[0])
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_a_model_that_cannot_carry_a_batch_is_refused_with_the_reason(device: str) -> None:
+def test_a_model_that_cannot_carry_a_batch_is_refused_with_the_reason() -> None:
+    """digits_cnn's Reshape targets (1, 512) in the .tflite: LiteRT cannot batch it. (OpenVINO's
+    TFLite frontend reads that Reshape as (-1, 512) and takes any batch: tested there.)"""
     with pytest.raises(ModelLoadError) as info:
-        er.load(DIGITS, device, batch=4)
+        er.load(DIGITS, "litert:cpu", batch=4)
     assert "batch of 4" in str(info.value)
     assert str(DIGITS) in str(info.value)
 

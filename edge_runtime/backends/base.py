@@ -46,6 +46,9 @@ class Session(ABC):
     op_count: int | None = None
     #: Where the model really runs (OpenVINO's EXECUTION_DEVICES, e.g. for AUTO); () if unknown.
     execution_devices: tuple[str, ...] = ()
+    #: The compiled-model cache on this load: "hit", "miss", "off" (no ``cache_dir``, or a backend
+    #: that compiles nothing), or "openvino" (handed to OpenVINO's own ``CACHE_DIR``).
+    compile_cache: str = "off"
     #: The model's path as errors name it (set by each backend's constructor).
     _where: str = ""
 

@@ -120,6 +120,7 @@ def main(argv: list[str]) -> int:
                 "outputs": session.outputs,
                 "op_count": session.op_count,
                 "execution_devices": session.execution_devices,
+                "compile_cache": session.compile_cache,
                 "device": session.device,
             },
         ),
