@@ -29,7 +29,7 @@ dispatcher thread gathers them:
 Batching pays where one call on ``B`` samples costs less than ``B`` calls: the per-call
 overhead is shared and the backend's threads split the larger work. Measure it on the board
 (``scripts/bench_throughput.py`` prints batched against unbatched rates); the daemon batches
-only when a pipeline's ``batch`` table asks for it.
+only pipelines that set ``max_batch`` above 1 (``edge_runtime.daemon.batched``).
 """
 
 from __future__ import annotations

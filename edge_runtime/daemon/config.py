@@ -53,7 +53,9 @@ class Pipeline:
     model: Path
     sha256: str | None = None
     device: tuple[str, ...] = ("auto",)
-    threads: int | None = None
+    #: Inference threads: a whole number, ``"auto"`` (measured, cached in the state directory),
+    #: or None (this process's cores shared between the pipelines).
+    threads: int | str | None = None
     window: int | None = None
     hop: int | None = None
     preprocess: str = "auto"
@@ -81,6 +83,11 @@ class Pipeline:
     #: Set by the service, not the file: the sha256 of the signed manifest it verified for this
     #: pipeline; a load (a fallback, a pipeline's process) of any other release is refused.
     signed_digest: str | None = None
+    #: Dynamic batching: up to ``max_batch`` windows of the pipelines that share this pipeline's
+    #: model, devices, threads, max_batch and max_wait_us run as one batch (1: no batching).
+    max_batch: int = 1
+    #: How long the oldest waiting window may wait for others to fill a batch, microseconds.
+    max_wait_us: float = 1000.0
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,8 @@ _PIPELINE = {
     "sinks",
     "isolate",
     "probe",
+    "max_batch",
+    "max_wait_us",
 }
 
 
@@ -274,6 +283,15 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
     if mqtt is None and any(s.kind == "mqtt" for pl in pipelines for s in pl.sinks):
         user = next(pl.name for pl in pipelines if any(s.kind == "mqtt" for s in pl.sinks))
         raise ConfigError(f"pipelines.{user}.sinks: 'mqtt' needs an [mqtt] table (host, port)", path=str(p))
+    if pipelines_in == "processes":
+        batched = next((pl.name for pl in pipelines if pl.max_batch > 1), None)
+        if batched is not None:
+            raise ConfigError(
+                f"pipelines.{batched}.max_batch: batching shares one model between pipelines, which needs them in "
+                'one process: daemon.pipelines_in = "processes" cannot batch '
+                '(use "threads" or "auto", or max_batch = 1)',
+                path=str(p),
+            )
     return Config(p, state_dir, log_level, metrics, mqtt, tuple(pipelines), pipelines_in, keys, store, updates)
 
 
@@ -413,13 +431,16 @@ def _pipeline(
         isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t for t in thresholds
     ):
         raise r.error("thresholds", "must be a list of numbers >= 0 (the early-exit thresholds, one per exit)")
+    isolate = r.get("isolate", bool, False)
+    inference_timeout_s = float(r.number("inference_timeout_s", 10.0))
+    max_batch, max_wait_us = _batching(r, model, isolate, thresholds is not None, inference_timeout_s)
     return Pipeline(
         name=name,
         source=source,
         model=model,
         sha256=sha,
         device=devices,
-        threads=r.whole("threads"),
+        threads=_threads(r),
         window=window,
         hop=hop,
         preprocess=_preprocess(r, base),
@@ -429,13 +450,53 @@ def _pipeline(
         queue_slots=r.whole("queue_slots", 8),
         baud=r.whole("baud"),
         deadline_ms=r.number("deadline_ms"),
-        inference_timeout_s=float(r.number("inference_timeout_s", 10.0)),
+        inference_timeout_s=inference_timeout_s,
         on_device_error=r.choice("on_device_error", ON_DEVICE_ERROR, "fall-back"),
         sinks=_sinks(r, base),
-        isolate=r.get("isolate", bool, False),
+        isolate=isolate,
         probe=r.get("probe", bool, True),
         from_store=from_store,
+        max_batch=max_batch,
+        max_wait_us=max_wait_us,
     )
+
+
+def _threads(r: _Reader) -> int | str | None:
+    """``threads``: a whole number >= 1, or ``"auto"`` (thread counts measured, the fastest kept)."""
+    value = r.table.get("threads")
+    if isinstance(value, str):
+        if value != "auto":
+            raise r.error("threads", f'must be a whole number, got {value!r} (or "auto": measured)')
+        return value
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise r.error("threads", f'must be a whole number, got {value!r} (or "auto": measured)')
+    return r.whole("threads")  # type: ignore[no-any-return]
+
+
+def _batching(
+    r: _Reader, model: Path, isolate: bool, thresholds: bool, inference_timeout_s: float
+) -> tuple[int, float]:
+    """``max_batch`` (>= 1) and ``max_wait_us`` (>= 0), and what batching cannot go with."""
+    max_batch = int(r.whole("max_batch", 1))
+    max_wait_us = float(r.number("max_wait_us", 1000.0, minimum=0, strict=False))
+    if max_batch > 1:
+        if isolate:
+            raise r.error(
+                "max_batch",
+                "an isolated model (isolate = true) runs in a child process of its own, one window at a time: "
+                "it is not batched (set max_batch = 1, or isolate = false)",
+            )
+        if thresholds or model.is_dir():
+            raise r.error(
+                "max_batch", "an early-exit bundle runs one window at a time and cannot be batched: set max_batch = 1"
+            )
+        if max_wait_us / 1e6 >= inference_timeout_s:
+            raise r.error(
+                "max_wait_us",
+                f"{max_wait_us:g} us is not below inference_timeout_s ({inference_timeout_s:g} s): a window waiting "
+                "for its batch would count as a hung inference",
+            )
+    return max_batch, max_wait_us
 
 
 def _check_source(r: _Reader, source: str) -> None:

@@ -92,6 +92,7 @@ class Metrics:
             self.reloads.labels(result)
             self.updates.labels(result)
         self._mqtt: tuple[Any, Any] | None = None  # made at the first MQTT figures: none without [mqtt]
+        self._batching: dict[str, Any] | None = None  # made at the first batcher: none without max_batch > 1
 
     def observe(self, pipeline: str, exit_index: int, invoke_us: float) -> None:
         self.latency.labels(pipeline, str(exit_index)).observe(invoke_us / 1e6)
@@ -133,6 +134,47 @@ class Metrics:
         connected.set(1 if stats.connected else 0)
         for state in ("published", "acknowledged", "buffered", "dropped"):
             messages.labels(state).set(getattr(stats, state))
+
+    def batching(self, batchers: list[tuple[str, Any]]) -> None:
+        """Copy the shared batchers' ``BatchStats``; each is labelled ``batcher`` by the names of the
+        pipelines on it (``a+b``). Series of batchers no longer in use are removed."""
+        from prometheus_client import Gauge
+
+        if self._batching is None:
+            if not batchers:
+                return
+            r = self.registry
+            self._batching = {
+                "samples": Gauge(
+                    "edge_runtime_batch_samples", "Windows run by a shared batcher (max_batch)", ["batcher"], registry=r
+                ),
+                "batches": Gauge(
+                    "edge_runtime_batch_batches",
+                    "Batches run by a shared batcher (one window alone counts)",
+                    ["batcher"],
+                    registry=r,
+                ),
+                "mean_batch": Gauge(
+                    "edge_runtime_batch_mean_size", "Windows per batch, on average", ["batcher"], registry=r
+                ),
+                "padded_rows": Gauge(
+                    "edge_runtime_batch_padded_rows",
+                    "Rows computed and thrown away (a batch smaller than the size it ran on)",
+                    ["batcher"],
+                    registry=r,
+                ),
+                "failed_batches": Gauge(
+                    "edge_runtime_batch_failed_batches",
+                    "Batches that failed in the backend (their windows then ran one by one)",
+                    ["batcher"],
+                    registry=r,
+                ),
+            }
+        for gauge in self._batching.values():
+            gauge.clear()
+        for name, stats in batchers:
+            for field, gauge in self._batching.items():
+                gauge.labels(name).set(getattr(stats, field))
 
     def forget(self, name: str) -> None:
         """Remove every series of pipeline ``name`` (a reload removed it)."""

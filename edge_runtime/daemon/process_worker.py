@@ -57,9 +57,11 @@ def _child(
     start: int,
     log_level: int,
     loader: Any = None,
+    measure_cache: Path | None = None,
 ) -> None:
     """The child process's main: load, wait for ``go``, stream, obey the parent's commands.
-    ``loader``: the service's (pickled by reference; None: ``edge_runtime.load``)."""
+    ``loader``: the service's (pickled by reference; None: ``edge_runtime.load``).
+    ``measure_cache``: the measurement cache's directory (the daemon's state directory)."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     from ..cli import _LogFormat  # the parent's line format: one journal, one look
@@ -68,7 +70,7 @@ def _child(
     handler.setFormatter(_LogFormat())
     logging.basicConfig(level=log_level, handlers=[handler])
     logging.getLogger("edge_runtime").setLevel(log_level)
-    from .worker import load_on_devices
+    from .worker import choice_text, load_on_devices
 
     if loader is None:
         from ..loader import load as loader
@@ -79,16 +81,19 @@ def _child(
             conn.send(msg)
 
     try:
-        runner, index = load_on_devices(loader, spec, start, cache_dir=cache_dir, default_threads=default_threads)
+        runner, index = load_on_devices(
+            loader, spec, start, cache_dir=cache_dir, default_threads=default_threads, measure_cache=measure_cache
+        )
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent, which decides
         send("failed", why(exc))
         return
-    send("ready", runner.device, index, len(runner.attempts), runner.describe())
+    threads = spec.threads if spec.threads is not None else default_threads
+    send("ready", runner.device, index, len(runner.attempts), f"{runner.describe()}, {choice_text(runner, threads)}")
     command = conn.recv()
     if command[0] != "go":
         runner.close()
         return
-    _ChildRun(conn, send, spec, runner, index, cache_dir, default_threads, loader).serve()
+    _ChildRun(conn, send, spec, runner, index, cache_dir, default_threads, loader, measure_cache).serve()
 
 
 class _ChildRun:
@@ -104,11 +109,13 @@ class _ChildRun:
         cache_dir: Path,
         default_threads: int | None,
         loader: Any,
+        measure_cache: Path | None = None,
     ) -> None:
         from .worker import Worker
 
         self.conn, self.send, self.spec = conn, send, spec
         self.cache_dir, self.default_threads, self.loader = cache_dir, default_threads, loader
+        self.measure_cache = measure_cache
         self.prepared: tuple[Pipeline, Any, int] | None = None
         self.last_beat_sent = 0.0
         from ..stream.sources import is_serial, open_source
@@ -124,7 +131,14 @@ class _ChildRun:
     def _load(self, spec: Pipeline, start: int) -> tuple[Any, int]:
         from .worker import load_on_devices
 
-        return load_on_devices(self.loader, spec, start, cache_dir=self.cache_dir, default_threads=self.default_threads)
+        return load_on_devices(
+            self.loader,
+            spec,
+            start,
+            cache_dir=self.cache_dir,
+            default_threads=self.default_threads,
+            measure_cache=self.measure_cache,
+        )
 
     def _recover(self, w: Any, exc: BaseException, runner: Any) -> Any:
         return w.fall_back(exc, runner, self._load, self.send)
@@ -260,7 +274,8 @@ class ProcessWorker:
     instance of a module-level class; default ``edge_runtime.load``). ``registry``: the
     owner's set of live workers, which this one joins as soon as its child is started and
     leaves on ``close()``, so that a stop raised anywhere (a SIGTERM handler raises between
-    any two lines of Python) cannot leave a child behind.
+    any two lines of Python) cannot leave a child behind. ``measure_cache``: the directory of
+    the measurement cache every load in the child uses (the daemon's state directory).
     """
 
     def __init__(
@@ -275,6 +290,7 @@ class ProcessWorker:
         on_event: Callable[[ProcessWorker, str, tuple[Any, ...]], None] | None = None,
         loader: Any = None,
         registry: MutableSet[ProcessWorker] | None = None,
+        measure_cache: Path | None = None,
     ) -> None:
         self.spec = spec
         self._registry = registry
@@ -305,7 +321,7 @@ class ProcessWorker:
         self._conn, child_conn = ctx.Pipe()
         self.process = ctx.Process(
             target=_child,
-            args=(child_conn, spec, cache_dir, default_threads, start_index, _level(), loader),
+            args=(child_conn, spec, cache_dir, default_threads, start_index, _level(), loader, measure_cache),
             name=f"edge-runtime-{spec.name}",
             daemon=True,
         )

@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeRuntimeError, ModelFileError
 from ..runner import Runner
+from .batched import BatchedRunner, Batchers
 from .config import STORE_MODEL, Config, ConfigError, Pipeline, load_config
 from .metrics import HttpEndpoint, Metrics
 from .notify import Notifier
@@ -76,9 +77,12 @@ from .worker import (
     Loader,
     ResultSink,
     Worker,
+    choice_text,
+    chosen_threads,
     give_back_freed_memory,
     load_on_devices,
     note_fallback,
+    preprocess_for,
     share_of_cores,
     why,
 )
@@ -198,14 +202,21 @@ class Service:
         self._period = 1.0  # seconds between the main loop's turns
         self._last_turn = time.monotonic()
         self.in_processes = self._in_processes(config)
+        #: The batchers shared by pipelines with ``max_batch > 1`` (pipelines on threads only).
+        self.batchers = Batchers()
         # Every pipeline process started and not yet closed (weak: a closed one leaves it anyway)
         self._children: weakref.WeakSet[ProcessWorker] = weakref.WeakSet()
 
     @staticmethod
     def _in_processes(config: Config) -> bool:
-        """``pipelines_in``: processes, threads, or auto (processes for 2+ pipelines on 2+ cores)."""
+        """``pipelines_in``: processes, threads, or auto (processes for 2+ pipelines on 2+ cores,
+        unless a pipeline batches: batching shares a model between pipelines of one process)."""
         if config.pipelines_in != "auto":
             return bool(config.pipelines_in == "processes")
+        batched = [p.name for p in config.pipelines if p.max_batch > 1]
+        if batched:
+            log.info("edge_runtime: pipelines on threads: %s batch (max_batch > 1)", ", ".join(batched))
+            return False
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return len(config.pipelines) > 1 and cores > 1
 
@@ -302,6 +313,8 @@ class Service:
             start,
             cache_dir=self.config.state_dir / "cache",
             default_threads=share_of_cores(len((config or self.config).pipelines)),
+            measure_cache=self.config.state_dir,
+            batchers=self.batchers,
         )
 
     def _process(self, spec: Pipeline, sinks: Mapping[str, Any], config: Config, start: int = 0) -> ProcessWorker:
@@ -316,6 +329,7 @@ class Service:
             on_event=self._event,
             loader=self.loader,
             registry=self._children,
+            measure_cache=self.config.state_dir,
         )
         log.info("edge_runtime: pipeline %s: %s from %s", spec.name, w.describe(), spec.source)
         return w
@@ -365,10 +379,20 @@ class Service:
         except BaseException:
             runner.close()
             raise
-        log.info("edge_runtime: pipeline %s: %s from %s", spec.name, runner.describe(), spec.source)
+        log.info(
+            "edge_runtime: pipeline %s: %s, %s from %s",
+            spec.name,
+            runner.describe(),
+            choice_text(runner, self._threads(spec)),
+            spec.source,
+        )
         with self._lock:
             self.workers.append(w)
         return w
+
+    def _threads(self, spec: Pipeline, config: Config | None = None) -> int | str | None:
+        """The threads a pipeline's load asks for: its own, else its share of the cores."""
+        return spec.threads if spec.threads is not None else share_of_cores(len((config or self.config).pipelines))
 
     def _open_sinks(self, config: Config, current: Mapping[str, Any]) -> dict[str, Any]:
         """The sinks ``config`` needs, reusing those of ``current`` that stay the same."""
@@ -634,6 +658,12 @@ class Service:
         then swapped. "" when ``new`` serves; else why not (nothing changed)."""
         by_name = {w.name: w for w in self.workers}
         if self.in_processes:
+            batched = [p.name for p in new.pipelines if p.max_batch > 1 and (only is None or p.name in only)]
+            if batched:
+                return (
+                    f"pipelines.{batched[0]}.max_batch: batching needs the pipelines on threads, and this daemon "
+                    "started them in processes (pipelines_in is read at start): restart it to batch"
+                )
             return self._reload_processes(new, by_name, only)
         return self._reload_threads(new, by_name, only)
 
@@ -733,8 +763,6 @@ class Service:
         sinks: dict[str, Any],
         by_name: dict[str, Any],
     ) -> None:
-        from ..stream.preprocess import Preprocess
-
         old_sinks, self._sinks = self._sinks, sinks
         self.config = new
         swaps: list[Any] = []
@@ -743,7 +771,7 @@ class Service:
             if isinstance(w, Worker) and self._same_stream(w, spec):
                 try:
                     sw = w.stream.swap(
-                        runner, preprocess=Preprocess.choose(spec.preprocess, runner), deadline_ms=spec.deadline_ms
+                        runner, preprocess=preprocess_for(spec.preprocess, runner), deadline_ms=spec.deadline_ms
                     )
                 except EdgeRuntimeError as exc:
                     log.info("edge_runtime: reload: pipeline %s restarts: %s", spec.name, why(exc))
@@ -977,10 +1005,44 @@ class Service:
                     "model_crashes": w.crashes,
                     "quarantined": list(w.quarantined),
                     **({"pid": w.process.pid} if isinstance(w, ProcessWorker) else {}),
+                    **self._choice(w),
                 }
                 for w in workers
             },
         }
+
+    def _choice(self, w: AnyWorker) -> dict[str, Any]:
+        """``/healthz`` on how a pipeline runs: its threads and how they and its device were chosen
+        (``loaded``: the load's one line, with a measurement's summary), and its batcher's figures."""
+        if isinstance(w, ProcessWorker):
+            return {"loaded": w.describe()}
+        runner = w.stream.model
+        asked = self._threads(w.spec)
+        out: dict[str, Any] = {
+            "threads": chosen_threads(runner, asked),
+            "loaded": f"{runner.describe()}, {choice_text(runner, asked)}",
+        }
+        if isinstance(runner, BatchedRunner):
+            b = runner.batcher
+            out["batching"] = {
+                "max_batch": b.max_batch,
+                "max_wait_us": b.max_wait_us,
+                "shared_with": self._sharing(runner),
+                **b.stats.to_dict(),
+            }
+        return out
+
+    def _sharing(self, runner: BatchedRunner) -> list[str]:
+        """The pipelines whose runner now is on ``runner``'s batcher, by name."""
+        with self._lock:
+            workers = list(self.workers)
+        return sorted(
+            w.name
+            for w in workers
+            if isinstance(w, Worker)
+            and isinstance(w.stream.model, BatchedRunner)
+            and w.stream.model.shared is runner.shared
+        )
 
     def _refresh(self) -> None:
         """Copy the streams' live counters into the metrics (at scrape time)."""
@@ -990,6 +1052,12 @@ class Service:
             workers = list(self.workers)
         for w in workers:
             self.metrics.counters(w.name, *w.counters())
+        batchers: dict[int, tuple[list[str], Any]] = {}
+        for w in workers:
+            runner = w.stream.model if isinstance(w, Worker) else None
+            if isinstance(runner, BatchedRunner):
+                batchers.setdefault(id(runner.shared), ([], runner.batcher))[0].append(w.name)
+        self.metrics.batching([("+".join(sorted(names)), b.stats) for names, b in batchers.values()])
         mqtt = self._sinks.get("mqtt")
         if mqtt is not None:
             self.metrics.mqtt(mqtt.stats)

@@ -36,6 +36,7 @@ from ..errors import (
 from ..runner import Runner
 from ..stream.pipeline import Stream
 from ..stream.sources import Source
+from .batched import BatchedRunner, Batchers
 from .config import ConfigError, Pipeline
 
 log = logging.getLogger("edge_runtime.daemon")
@@ -101,6 +102,8 @@ def load_on_devices(
     cache_dir: Path | None = None,
     default_threads: int | None = None,
     passed_over: list[str] | None = None,
+    measure_cache: Path | None = None,
+    batchers: Batchers | None = None,
 ) -> tuple[Runner, int]:
     """Load and warm ``spec.model`` on the first of ``spec.device[start:]`` that works, with
     ``spec.threads`` inference threads (unset: ``default_threads``, see ``share_of_cores``).
@@ -113,6 +116,11 @@ def load_on_devices(
     (``ConfigError``, see ``check_fit``) raise at once; a device that is absent, fails to
     compile or fails its warm-up inference is passed over (its request and reason appended to
     ``passed_over``), and when none is left a ``ModelLoadError`` lists each with its reason.
+
+    ``measure_cache``: the measurement cache's directory (``auto:measure``, ``threads = "auto"``;
+    the daemon's state directory), passed to every load and probe. A pipeline with
+    ``max_batch > 1`` gets a ``BatchedRunner`` on the shared batcher of ``batchers`` (None: on a
+    batcher of its own, as ``serve --check`` loads).
     """
     import numpy as np
 
@@ -124,20 +132,41 @@ def load_on_devices(
     extra: dict[str, Any] = {"isolate": isolation_for(spec)} if spec.isolate else {}
     if spec.trusted_keys:
         extra["trusted_keys"] = spec.trusted_keys
+    measure: dict[str, Any] = {"measure_cache": measure_cache} if measure_cache is not None else {}
+    batched = spec.max_batch > 1
+    if batched and batchers is None:
+        batchers = Batchers()  # a batcher of its own (``serve --check``): closed with the runner
     for i in range(start, len(spec.device)):
         request = spec.device[i]
+        runner: Any
         try:
             if spec.probe and not spec.isolate:
-                probe_once(spec, request, threads=threads, cache_dir=cache_dir)
-            runner = loader(
-                spec.model,
-                request,
-                threads=threads,
-                cache_dir=cache_dir,
-                labels=spec.labels,
-                openvino_config=dict(OPENVINO_CONFIG),
-                **extra,
-            )
+                probe_once(spec, request, threads=threads, cache_dir=cache_dir, **measure)
+            if batched:
+                assert batchers is not None
+                runner = batchers.open(
+                    spec,
+                    i,
+                    threads=threads,
+                    cache_dir=cache_dir,
+                    measure_cache=measure_cache,
+                    openvino_config=OPENVINO_CONFIG,
+                )
+            else:
+                asked = threads
+                if spec.threads is None and measure_cache is not None:
+                    if takes_cached_decision(spec, request, measure_cache, cache_dir):
+                        asked = None
+                runner = loader(
+                    spec.model,
+                    request,
+                    threads=asked,
+                    cache_dir=cache_dir,
+                    labels=spec.labels,
+                    openvino_config=dict(OPENVINO_CONFIG),
+                    **extra,
+                    **measure,
+                )
         except (DeviceUnavailableError, BackendUnavailableError, ModelLoadError, DeviceRequestError) as exc:
             reasons.append(f"{request}: {why(exc)}")
             continue
@@ -150,7 +179,10 @@ def load_on_devices(
                     raise ConfigError(f"{where}.thresholds: {spec.model} is not an early-exit bundle")
                 runner.set_thresholds(list(spec.thresholds))
             spec_in = runner.inputs[0]
-            runner.classify(np.zeros(spec_in.shape, spec_in.dtype))  # warm: the first call pays for allocation
+            if batched:
+                runner.warm()  # its batch-1 model, once per batcher (a window alone would wait max_wait_us)
+            else:
+                runner.classify(np.zeros(spec_in.shape, spec_in.dtype))  # warm: the first call pays for allocation
         except (InferenceError, RuntimeError) as exc:
             runner.close()
             reasons.append(f"{request}: warm-up inference failed: {why(exc)}")
@@ -167,6 +199,62 @@ def load_on_devices(
     if not tried:
         raise ModelLoadError(f"{where}: no device left to fall back to (device = {list(spec.device)})")
     raise ModelLoadError(f"{where}: no device could run {spec.model}: " + "; ".join(reasons))
+
+
+def preprocess_for(choice: str, runner: Any) -> Any:
+    """``Preprocess.choose`` for a runner of either kind (a batched one: its batch-1 model's sidecar)."""
+    from ..stream.preprocess import Preprocess
+
+    return Preprocess.choose(choice, runner.model if isinstance(runner, BatchedRunner) else runner)
+
+
+def chosen_threads(runner: Any, asked: int | str | None) -> int | None:
+    """The inference threads ``runner`` runs with: what a measurement chose (``auto:measure``,
+    ``threads = "auto"``, or a cached decision), else what was asked (None: the backend's default)."""
+    if isinstance(runner, BatchedRunner):
+        return runner.threads
+    measurement = getattr(getattr(runner, "selection", None), "measurement", None)
+    if measurement is not None:
+        return measurement.fastest.threads  # type: ignore[no-any-return]
+    return asked if isinstance(asked, int) else None
+
+
+def choice_text(runner: Any, asked: int | str | None) -> str:
+    """``threads 2`` / ``threads default``, and ``; measured: ...`` or ``; cached ...`` when the
+    device and threads were chosen by a measurement (``MeasuredChoice.summary``)."""
+    threads = chosen_threads(runner, asked)
+    text = f"threads {threads if threads is not None else 'default'}"
+    measurement = getattr(getattr(runner, "selection", None), "measurement", None)
+    if isinstance(runner, BatchedRunner) and runner.shared.measurement is not None:
+        measurement = runner.shared.measurement
+    if measurement is not None:
+        where = "taken from the measurement cache" if measurement.cached else "measured now"
+        text += f"; device and threads {where}: {measurement.summary()}"
+    return text
+
+
+def takes_cached_decision(spec: Pipeline, request: str, measure_cache: Path, cache_dir: Path | None) -> bool:
+    """A plain ``auto`` request of a model file that ``auto:measure`` (with ``threads = "auto"``)
+    measured before, with the same options: its decision is in ``measure_cache``. The load then
+    leaves ``threads`` unset, so that ``auto`` takes that decision, threads included."""
+    from ..devices import parse_request, probe, select
+    from ..measure import cached_choice
+    from ..model_file import READERS, read_model_file
+
+    try:
+        r = parse_request(request)
+        if not r.is_auto or r.measure or spec.model.is_dir():
+            return False
+        source = read_model_file(spec.model)
+        selection = select([r], probe(list(READERS[source.format]), requests=[r]), source.format)
+        options = {  # as load_model keys them
+            "performance_hint": "LATENCY",
+            "cache_dir": str(cache_dir) if cache_dir else None,
+            "openvino_config": dict(OPENVINO_CONFIG),
+        }
+        return cached_choice(source, selection.candidates, cache_dir=measure_cache, options=options) is not None
+    except EdgeRuntimeError:
+        return False
 
 
 def check_release(spec: Pipeline, runner: Runner) -> None:
@@ -311,8 +399,6 @@ class Worker:
         recover: Callable[[Worker, BaseException, Runner], Runner | None],
         on_result: Callable[[Any, int, float], None] | None = None,
     ) -> None:
-        from ..stream.preprocess import Preprocess
-
         self.spec = spec
         self.runner = runner
         self.device_index = device_index
@@ -342,7 +428,7 @@ class Worker:
             source,
             window=spec.window,
             hop=spec.hop,
-            preprocess=Preprocess.choose(spec.preprocess, runner),
+            preprocess=preprocess_for(spec.preprocess, runner),
             queue_slots=spec.queue_slots,
             policy=spec.policy,
             deadline_ms=spec.deadline_ms,
