@@ -1,11 +1,21 @@
-"""Latency measurement shared by ``edge-runtime bench`` and the scripts under ``scripts/``."""
+"""Latency and throughput measurement shared by ``edge-runtime bench`` and the scripts under ``scripts/``.
+
+- ``measure(fn, runs, seconds=...)``: latency mode, one call at a time, each call timed
+  with ``time.perf_counter_ns`` around ``fn()`` alone (``Model.infer_raw`` in the CLI).
+- ``measure_stream(submit, streams, ...)``: throughput mode, ``streams`` requests kept in
+  flight from one submitting thread; per-request latency from ``submit`` to the result.
+- ``timed(fn)``: one call and its wall time (the CLI's init time: ``load``; first
+  inference: the first ``infer_raw``, before warm-up), as ``benchmark_model`` reports them.
+"""
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -54,25 +64,38 @@ def stats(samples_ns: np.ndarray[Any, np.dtype[np.int64]], total_s: float, inter
     )
 
 
+#: ``progress(done, elapsed_s)``: called about once a second during a timed loop.
+Progress = Callable[[int, float], None]
+
+_CHUNK = 1 << 16  # samples per buffer when the number of runs is not known (``seconds``)
+
+
 def measure(
     fn: Callable[[], object],
-    runs: int,
+    runs: int | None,
     warmup: int = 10,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     *,
     partial: bool = False,
+    seconds: float | None = None,
 ) -> LatencyStats:
-    """Call ``fn`` ``warmup`` times untimed, then ``runs`` times, timing each call.
+    """Call ``fn`` ``warmup`` times untimed, then time each call until ``runs`` calls or
+    ``seconds`` of timed loop, whichever comes first (at least one of them must be given).
 
-    ``progress(done, runs)`` is called about once a second during the timed loop.
-    The sample buffer is allocated before the loop, so timing adds no allocation.
+    ``progress(done, elapsed_s)`` is called about once a second during the timed loop.
+    Sample buffers are allocated before the loop (in chunks of 65536 when only ``seconds``
+    bounds it), so timing adds no allocation per call.
     ``partial``: on Ctrl-C (``KeyboardInterrupt``) return the statistics of the calls
     timed so far, marked ``interrupted``, instead of raising.
     """
-    if runs < 1:
+    if runs is None and seconds is None:
+        raise ArgumentError("give runs or seconds")
+    if runs is not None and runs < 1:
         raise ArgumentError(f"runs must be at least 1, got {runs}")
+    if seconds is not None and not seconds > 0:
+        raise ArgumentError(f"seconds must be > 0, got {seconds}")
     try:
-        return _measure(fn, runs, warmup, progress)
+        return _measure(fn, runs, seconds, warmup, progress)
     except _Interrupted as stop:
         if not partial:
             raise KeyboardInterrupt from None
@@ -85,26 +108,181 @@ class _Interrupted(Exception):
 
 
 def _measure(
-    fn: Callable[[], object], runs: int, warmup: int, progress: Callable[[int, int], None] | None
+    fn: Callable[[], object],
+    runs: int | None,
+    seconds: float | None,
+    warmup: int,
+    progress: Progress | None,
 ) -> LatencyStats:
-    samples = np.empty(runs, dtype=np.int64)
     clock = time.perf_counter_ns
+    full: list[np.ndarray[Any, np.dtype[np.int64]]] = []
+    buf = np.empty(runs if runs is not None else _CHUNK, dtype=np.int64)
+    limit = runs if runs is not None else -1
+    n = done = 0
     start = clock()
-    done = 0
     try:
         for _ in range(warmup):
             fn()
         start = clock()
+        end = start + int(seconds * 1e9) if seconds is not None else None
         next_report = start + 1_000_000_000
-        for i in range(runs):
+        while done != limit:
             t0 = clock()
             fn()
             t1 = clock()
-            samples[i] = t1 - t0
-            done = i + 1
+            if n == len(buf):
+                full.append(buf)
+                buf, n = np.empty(_CHUNK, dtype=np.int64), 0
+            buf[n] = t1 - t0
+            n += 1
+            done += 1
             if progress is not None and t1 >= next_report:
-                progress(i + 1, runs)
+                progress(done, (t1 - start) / 1e9)
                 next_report = t1 + 1_000_000_000
+            if end is not None and t1 >= end:
+                break
     except KeyboardInterrupt:
-        raise _Interrupted(samples[:done], (clock() - start) / 1e9) from None
-    return stats(samples, (clock() - start) / 1e9)
+        raise _Interrupted(_joined(full, buf, n), (clock() - start) / 1e9) from None
+    return stats(_joined(full, buf, n), (clock() - start) / 1e9)
+
+
+def _joined(
+    full: list[np.ndarray[Any, np.dtype[np.int64]]], buf: np.ndarray[Any, np.dtype[np.int64]], n: int
+) -> np.ndarray[Any, np.dtype[np.int64]]:
+    return np.concatenate([*full, buf[:n]]) if full else buf[:n]
+
+
+T = TypeVar("T")
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    """``fn()`` and its wall time in milliseconds."""
+    t0 = time.perf_counter_ns()
+    out = fn()
+    return out, (time.perf_counter_ns() - t0) / 1e6
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """Throughput mode: ``streams`` requests kept in flight for the timed loop.
+
+    ``latency``: per-request latency, from ``submit`` to the result being set (its ``runs``:
+    requests completed); ``samples_per_request``: samples each request carries.
+    """
+
+    streams: int
+    latency: LatencyStats
+    samples_per_request: int = 1
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.latency.throughput
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.requests_per_s * self.samples_per_request
+
+    @property
+    def interrupted(self) -> bool:
+        return self.latency.interrupted
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.latency.to_dict()
+        del d["throughput_per_s"]
+        return {
+            "streams": self.streams,
+            "requests": self.latency.runs,
+            "samples": self.latency.runs * self.samples_per_request,
+            "requests_per_s": round(self.requests_per_s, 1),
+            "samples_per_s": round(self.samples_per_s, 1),
+            "throughput_per_s": round(self.samples_per_s, 1),
+            "total_s": round(self.latency.total_s, 4),
+            **d,
+        }
+
+
+def measure_stream(
+    submit: Callable[[], Future[Any]],
+    streams: int,
+    runs: int | None,
+    warmup: int = 10,
+    progress: Progress | None = None,
+    *,
+    partial: bool = False,
+    seconds: float | None = None,
+    samples_per_request: int = 1,
+) -> StreamStats:
+    """Keep ``streams`` requests in flight (``submit()`` returns a future), replacing each one
+    as it completes (in submission order), until ``runs`` requests or ``seconds`` of timed loop,
+    whichever first. ``warmup`` requests run first, untimed. Each request's latency is taken
+    from just before ``submit`` to the moment its future is settled (a done-callback stamps it,
+    so a request that finishes while the loop waits on an older one is not charged the wait).
+    The rate is completed requests over the wall time from the first timed submit to the last
+    result. ``partial``: on Ctrl-C, the requests completed so far (those in flight are waited
+    for, not counted).
+    """
+    if runs is None and seconds is None:
+        raise ArgumentError("give runs or seconds")
+    if streams < 1:
+        raise ArgumentError(f"streams must be at least 1, got {streams}")
+    clock = time.perf_counter_ns
+    window: deque[tuple[Future[Any], int, list[int]]] = deque()
+
+    def send() -> None:
+        stamp = [0]
+        t0 = clock()
+        fut = submit()
+        fut.add_done_callback(lambda _f: stamp.__setitem__(0, clock()))
+        window.append((fut, t0, stamp))
+
+    def drain() -> None:
+        while window:
+            fut, _, _ = window.popleft()
+            try:
+                fut.result()
+            except BaseException:  # noqa: BLE001 - settling only; a failure was already reported
+                pass
+
+    full: list[np.ndarray[Any, np.dtype[np.int64]]] = []
+    buf = np.empty(runs if runs is not None else _CHUNK, dtype=np.int64)
+    n = done = 0
+    start = clock()
+    try:
+        for _ in range(warmup):
+            send()
+            if len(window) >= streams:
+                window.popleft()[0].result()
+        while window:
+            window.popleft()[0].result()
+        start = clock()
+        end = start + int(seconds * 1e9) if seconds is not None else None
+        next_report = start + 1_000_000_000
+        sent = 0
+        while sent < streams and (runs is None or sent < runs):
+            send()
+            sent += 1
+        while window:
+            fut, t0, stamp = window.popleft()
+            fut.result()
+            t1 = stamp[0] or clock()
+            if n == len(buf):
+                full.append(buf)
+                buf, n = np.empty(_CHUNK, dtype=np.int64), 0
+            buf[n] = t1 - t0
+            n += 1
+            done += 1
+            now = clock()
+            if progress is not None and now >= next_report:
+                progress(done, (now - start) / 1e9)
+                next_report = now + 1_000_000_000
+            if (runs is None or sent < runs) and (end is None or now < end):
+                send()
+                sent += 1
+        total_s = (clock() - start) / 1e9
+    except KeyboardInterrupt:
+        total_s = (clock() - start) / 1e9
+        drain()
+        if not partial:
+            raise
+        return StreamStats(streams, stats(_joined(full, buf, n), total_s, interrupted=True), samples_per_request)
+    return StreamStats(streams, stats(_joined(full, buf, n), total_s), samples_per_request)

@@ -27,7 +27,7 @@ from typing import Any, Literal, NoReturn
 
 from . import __version__
 from .backends import REGISTRY, get_backend
-from .bench import measure
+from .bench import LatencyStats, measure, measure_stream, timed
 from .devices import devices as find_devices
 from .early_exit import EarlyExitModel
 from .errors import ArgumentError, DeviceRequestError, EdgeRuntimeError
@@ -102,6 +102,24 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def threads_value(text: str) -> int | str:
+    """argparse type for ``bench --threads``: a whole number >= 1, or ``auto``."""
+    if text == "auto":
+        return "auto"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"takes a whole number >= 1 or 'auto', got {text!r}") from None
+
+
+def seconds_value(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    value = positive_float(text)
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text}")
     return value
 
 
@@ -192,6 +210,7 @@ def _load(
     model: str | None = None,
     threads: int | Literal["auto"] | None = None,
     isolate: bool = False,
+    **extra: Any,
 ) -> Runner:
     """Load as the verb's options say; ``isolate``: the verb's default for ``--isolate`` (``info``: on)."""
     plugins = _plugins(args.openvino_plugin)
@@ -204,6 +223,7 @@ def _load(
         cache_dir=args.cache_dir,
         openvino_plugins=plugins,
         isolate=isolate if wanted is None else wanted,
+        **extra,
     )
 
 
@@ -319,51 +339,227 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_plan(args: argparse.Namespace) -> None:
+    """Check the bench options that argparse cannot check alone (usage errors, exit 2)."""
+    new = [f"--{n}" for n in ("mode", "streams", "batch", "time") if getattr(args, n) not in (None, "latency", 1)]
+    if args.data and new:
+        raise UsageError(f"--data takes none of {', '.join(new)} (accuracy runs one sample at a time)")
+    if args.mode == "latency" and args.streams is not None and args.streams > 1:
+        raise UsageError(f"--streams {args.streams} needs --mode throughput (latency mode runs one call at a time)")
+    if args.max_wait_us is not None and not (args.mode == "throughput" and args.batch > 1):
+        raise UsageError("--max-wait-us applies only to --mode throughput with --batch > 1 (the dynamic batcher)")
+
+
+def _threads_text(args: argparse.Namespace, used: int | None) -> str:
+    if args.threads == "auto":
+        return f"auto -> {used if used is not None else 'backend default'} (measured)"
+    return str(used) if used is not None else "backend default"
+
+
+def _threads_used(args: argparse.Namespace, model: Model) -> int | None:
+    """The thread count the model runs with: ``--threads N``, or what ``--threads auto`` measured."""
+    if args.threads != "auto":
+        return int(args.threads) if args.threads is not None else None
+    measured = model.selection.measurement
+    return measured.fastest.threads if measured is not None else None
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    with _load(args) as model:
+    _bench_plan(args)
+    if args.mode == "throughput" and args.batch > 1 and (args.streams is None or args.streams > 1):
+        return _bench_batcher(args)
+    loaded, init_ms = timed(lambda: _load(args, **({"batch": args.batch} if args.batch > 1 else {})))
+    with loaded as model:
         if isinstance(model, EarlyExitModel) or args.data:
             return _bench_data(args, model)
         assert isinstance(model, Model)
         inputs = [random_tensor(spec, args.seed) for spec in model.inputs]
         x: Any = inputs[0] if len(inputs) == 1 else inputs
-
-        def progress(done: int, total: int) -> None:
-            print(f"bench: {done}/{total} runs", file=sys.stderr, flush=True)
-
-        st = measure(lambda: model.infer_raw(x), args.runs, args.warmup, None if args.quiet else progress, partial=True)
-        result = {
+        runs = args.runs if args.runs is not None or args.time is not None else 1000
+        _, first_ms = timed(lambda: model.infer_raw(x))
+        used = _threads_used(args, model)
+        result: dict[str, Any] = {
             "model": str(model.path),
             "backend": model.backend,
             "device": model.device,
             "device_full_name": model.device_info.full_name,
             "reason": model.reason,
             "threads": args.threads,
-            "call": "Model.infer_raw",
+            "threads_used": used,
+            "mode": args.mode,
+            "batch": args.batch,
+            "init_ms": round(init_ms, 3),
+            "first_inference_ms": round(first_ms, 3),
             "warmup": args.warmup,
-            "interrupted": st.interrupted,
-            **st.to_dict(),
+            "runs_limit": runs,
+            "time_limit_s": args.time,
         }
-        rows = [
-            [k, f"{v:.1f}"]
-            for k, v in (
-                ("min", st.min_us),
-                ("p50", st.p50_us),
-                ("p90", st.p90_us),
-                ("p99", st.p99_us),
-                ("mean", st.mean_us),
+        if args.mode == "throughput":
+            pool = model.start_workers()
+            streams = args.streams or 2 * pool.workers
+            st = measure_stream(
+                lambda: model.submit(x),
+                streams,
+                runs,
+                args.warmup,
+                None if args.quiet else _progress("requests", runs, args.time),
+                partial=True,
+                seconds=args.time,
+                samples_per_request=args.batch,
             )
-        ]
-        runs = f"{st.runs} of {args.runs} (interrupted)" if st.interrupted else str(st.runs)
-        text = (
-            f"model:      {model.path}\n"
-            f"device:     {model.device} ({model.device_info.full_name})\n"
-            f"why:        {model.reason}\n"
-            f"runs:       {runs} (+{args.warmup} warm-up), threads={args.threads or 'backend default'}\n\n"
-            + (_table(rows, ["latency", "us"]) if st.runs else "(no timed run finished)")
-            + f"\n\nthroughput: {st.throughput:.1f} inferences/s (one at a time)"
+            result.update(call="Model.submit", workers=pool.workers, interrupted=st.interrupted, **st.to_dict())
+            text = _bench_header(args, model.path, model.device, model.device_info.full_name, model.reason, used)
+            text += (
+                f"init:       {init_ms:.1f} ms (load)    first inference: {first_ms:.2f} ms\n"
+                f"mode:       throughput, {streams} requests in flight on {pool.workers} worker(s), batch "
+                f"{args.batch}: {_count(st.latency.runs, runs, st.interrupted)} requests (+{args.warmup} warm-up)\n\n"
+                + _latency_table(st.latency, "latency (submit to result)")
+                + f"\n\nthroughput: {st.samples_per_s:.1f} samples/s ({st.requests_per_s:.1f} requests/s)"
+            )
+            _emit(args, result, text)
+            return _interrupted_status() if st.interrupted else 0
+        lat = measure(
+            lambda: model.infer_raw(x),
+            runs,
+            args.warmup,
+            None if args.quiet else _progress("runs", runs, args.time),
+            partial=True,
+            seconds=args.time,
+        )
+        result.update(
+            call="Model.infer_raw",
+            interrupted=lat.interrupted,
+            **lat.to_dict(),
+            samples_per_s=round(lat.throughput * args.batch, 1),
+        )
+        text = _bench_header(args, model.path, model.device, model.device_info.full_name, model.reason, used)
+        per_call = f", {args.batch} samples per call" if args.batch > 1 else ""
+        text += (
+            f"init:       {init_ms:.1f} ms (load)    first inference: {first_ms:.2f} ms\n"
+            f"runs:       {_count(lat.runs, runs, lat.interrupted)} (+{args.warmup} warm-up){per_call}\n\n"
+            + _latency_table(lat, "latency")
+            + f"\n\nthroughput: {lat.throughput:.1f} inferences/s (one at a time)"
+            + (f", {lat.throughput * args.batch:.1f} samples/s" if args.batch > 1 else "")
         )
         _emit(args, result, text)
+    return _interrupted_status() if lat.interrupted else 0
+
+
+def _bench_batcher(args: argparse.Namespace) -> int:
+    """Throughput mode with --batch B and several streams: a DynamicBatcher (max_batch=B)."""
+    try:
+        from .batching import DynamicBatcher
+    except ImportError:
+        raise UsageError("--batch with several --streams is not yet supported (no edge_runtime.batching)") from None
+    plugins = _plugins(args.openvino_plugin)
+    _register_plugins(plugins)
+    max_wait = args.max_wait_us if args.max_wait_us is not None else 1000
+    options: dict[str, Any] = {"threads": args.threads, "cache_dir": args.cache_dir, "openvino_plugins": plugins}
+    if args.isolate:
+        raise UsageError("--isolate does not apply to the dynamic batcher (--batch with several --streams)")
+    batcher, init_ms = timed(
+        lambda: DynamicBatcher(args.model, args.device or "auto", max_batch=args.batch, max_wait_us=max_wait, **options)
+    )
+    try:
+        spec = batcher.inputs[0]
+        x = random_tensor(spec, args.seed)
+        runs = args.runs if args.runs is not None or args.time is not None else 1000
+        _, first_ms = timed(lambda: batcher.submit(x).result())
+        streams = args.streams or 2 * args.batch
+        st = measure_stream(
+            lambda: batcher.submit(x),
+            streams,
+            runs,
+            args.warmup,
+            None if args.quiet else _progress("requests", runs, args.time),
+            partial=True,
+            seconds=args.time,
+        )
+        model = getattr(batcher, "model", None)
+        device = str(getattr(model, "device", args.device))
+        full = str(getattr(getattr(model, "device_info", None), "full_name", ""))
+        reason = str(getattr(model, "reason", ""))
+        used = int(args.threads) if isinstance(args.threads, int) else None
+        if model is not None and isinstance(model, Model):
+            used = _threads_used(args, model)
+        stats_obj: Any = getattr(batcher, "stats", None)
+        batcher_stats = stats_obj.to_dict() if hasattr(stats_obj, "to_dict") else stats_obj
+        result: dict[str, Any] = {
+            "model": str(args.model),
+            "device": device,
+            "device_full_name": full,
+            "reason": reason,
+            "threads": args.threads,
+            "threads_used": used,
+            "mode": "throughput",
+            "batch": args.batch,
+            "max_wait_us": max_wait,
+            "init_ms": round(init_ms, 3),
+            "first_inference_ms": round(first_ms, 3),
+            "warmup": args.warmup,
+            "runs_limit": runs,
+            "time_limit_s": args.time,
+            "call": "DynamicBatcher.submit",
+            "interrupted": st.interrupted,
+            **st.to_dict(),
+            "batcher_stats": batcher_stats if isinstance(batcher_stats, dict) else str(batcher_stats),
+        }
+        text = _bench_header(args, args.model, device, full, reason, used)
+        text += (
+            f"init:       {init_ms:.1f} ms (DynamicBatcher)    first inference: {first_ms:.2f} ms\n"
+            f"mode:       throughput, {streams} samples in flight, dynamic batches of up to {args.batch} "
+            f"(wait <= {max_wait:g} us): {_count(st.latency.runs, runs, st.interrupted)} samples "
+            f"(+{args.warmup} warm-up)\n\n"
+            + _latency_table(st.latency, "latency (submit to result)")
+            + f"\n\nthroughput: {st.samples_per_s:.1f} samples/s"
+        )
+        _emit(args, result, text)
+    finally:
+        batcher.close()
     return _interrupted_status() if st.interrupted else 0
+
+
+def _progress(unit: str, runs: int | None, seconds: float | None) -> Callable[[int, float], None]:
+    def progress(done: int, elapsed: float) -> None:
+        if runs is not None:
+            print(f"bench: {done}/{runs} {unit}", file=sys.stderr, flush=True)
+        else:
+            print(f"bench: {done} {unit}, {elapsed:.0f}/{seconds:g} s", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def _count(done: int, runs: int | None, interrupted: bool) -> str:
+    if interrupted:
+        return f"{done} of {runs} (interrupted)" if runs is not None else f"{done} (interrupted)"
+    return str(done)
+
+
+def _bench_header(
+    args: argparse.Namespace, path: Any, device: str, full_name: str, reason: str, used: int | None
+) -> str:
+    return (
+        f"model:      {path}\n"
+        f"device:     {device} ({full_name})\n"
+        f"why:        {reason}\n"
+        f"threads:    {_threads_text(args, used)}\n"
+    )
+
+
+def _latency_table(st: LatencyStats, title: str) -> str:
+    if not st.runs:
+        return "(no timed run finished)"
+    rows = [
+        [k, f"{v:.1f}"]
+        for k, v in (
+            ("min", st.min_us),
+            ("p50", st.p50_us),
+            ("p90", st.p90_us),
+            ("p99", st.p99_us),
+            ("mean", st.mean_us),
+        )
+    ]
+    return _table(rows, [title, "us"])
 
 
 def _result_line(r: Any) -> str:
@@ -993,10 +1189,73 @@ def build_parser() -> argparse.ArgumentParser:
         "(auto -> auto:measure; a named device: its thread counts); the choice is cached",
     )
 
-    p = verb("bench", "measure latency (min/p50/p90/p99) and throughput; with --data, accuracy too", cmd_bench)
+    p = verb(
+        "bench",
+        "measure latency (min/p50/p90/p99/mean, us) or throughput (samples/s), init and first-inference "
+        "time; with --data, accuracy too",
+        cmd_bench,
+    )
     common(p)
-    p.add_argument("--runs", type=positive_int, default=1000, help="timed runs (default 1000)")
-    p.add_argument("--warmup", type=non_negative_int, default=50, help="untimed runs first (default 50)")
+    for action in p._actions:  # bench also takes --threads auto
+        if action.dest == "threads":
+            action.type = threads_value
+            action.metavar = "N|auto"
+            action.help = (
+                "CPU threads for inference, or 'auto': measure the thread counts on the device and use the "
+                "fastest (the choice is printed) (default: backend's)"
+            )
+    p.add_argument(
+        "--mode",
+        choices=("latency", "throughput"),
+        default="latency",
+        help="latency: one Model.infer_raw call at a time, each timed (default); throughput: --streams requests "
+        "kept in flight through Model.submit (from one submitting thread, each replaced as it completes), samples/s "
+        "and per-request latency from submit to result",
+    )
+    p.add_argument(
+        "--streams",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="throughput mode: requests in flight (default: 2 x the submit pool's workers; with --batch B: 2 x B); "
+        "latency mode takes only 1",
+    )
+    p.add_argument(
+        "--batch",
+        type=positive_int,
+        default=1,
+        metavar="B",
+        help="samples per backend call (default 1). Latency mode or --streams 1: the model is loaded with batch B "
+        "and each call runs B samples (latency per call, samples/s = calls/s x B). Throughput mode with several "
+        "streams: each request is one sample, grouped into batches of up to B by a DynamicBatcher",
+    )
+    p.add_argument(
+        "--max-wait-us",
+        type=positive_float,
+        default=None,
+        metavar="US",
+        help="throughput mode with --batch: how long the batcher waits to fill a batch, microseconds (default 1000)",
+    )
+    p.add_argument(
+        "--runs",
+        type=positive_int,
+        default=None,
+        help="timed calls (throughput mode: requests) (default 1000, or unlimited with --time); "
+        "with --time too, it stops at whichever comes first",
+    )
+    p.add_argument(
+        "--time",
+        type=seconds_value,
+        default=None,
+        metavar="S",
+        help="time the loop for S seconds instead of a number of runs (with --runs too: whichever comes first)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=non_negative_int,
+        default=50,
+        help="untimed calls first, after the first inference (default 50)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument(
@@ -1005,6 +1264,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=".npz with arrays x, y: report accuracy and latency over it (bundles: against every stage)",
     )
     p.add_argument("--repeat", type=positive_int, default=1, help="passes over --data (default 1)")
+    p.epilog = (
+        "Figures: init = load() from call to return, ms; first inference = the first Model.infer_raw, before "
+        "warm-up, ms; latency in microseconds; throughput in inferences (samples) per second. Progress on stderr "
+        "once a second; Ctrl-C prints the statistics so far (exit 130), SIGTERM too (exit 143)."
+    )
 
     p = verb("calibrate", "choose early-exit thresholds: least mean latency within an accuracy bound", cmd_calibrate)
     common(p)
