@@ -229,7 +229,7 @@ class Model:
         requests run at once; ``pool.workers`` says how many it got). Optional: the first
         ``submit`` makes it with the default. ``ArgumentError`` when a pool of another size
         exists. LiteRT (cpu): ``workers`` new interpreters, default the cores divided by the
-        thread count; OpenVINO: an ``AsyncInferQueue`` of ``workers`` infer requests, default
+        thread count; OpenVINO: ``workers`` threads on infer requests of their own, default
         the compiled model's ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` (load with
         ``performance_hint="THROUGHPUT"`` for several streams); isolated sessions and delegates:
         one worker on the model's own session (no parallelism)."""

@@ -24,7 +24,6 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Collection
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ import numpy.typing as npt
 
 from ..device_info import Device, openvino_kind
 from ..errors import ArgumentError, BackendUnavailableError, InferenceError, ModelClosedError, ModelLoadError
-from ..futures import Arrays, RequestPool, T
+from ..futures import Arrays, RequestPool, RunFn, ThreadPool
 from ..model_file import ONNX, OPENVINO_IR, ModelSource
 from ..tensors import Quantization, TensorSpec
 from .base import Capabilities, Session
@@ -880,11 +879,17 @@ class OpenVINOSession(Session):
         return [self._request.get_output_tensor(i).data.copy() for i in range(self._n_out)]
 
     def open_pool(self, workers: int | None = None) -> RequestPool:
-        """An ``AsyncInferQueue`` of ``workers`` infer requests on this compiled model (default:
-        the ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` it reports). Requests run in parallel only on a
-        model compiled for several streams: load with ``performance_hint="THROUGHPUT"`` (the
-        default ``LATENCY`` hint compiles one stream: one request at a time). This session's own
-        request is not used, so ``infer`` may run while requests are pending."""
+        """``workers`` threads (default: the ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` the compiled model
+        reports), each with an infer request of its own on this compiled model, calling its
+        synchronous ``infer`` (which releases the GIL). Requests run in parallel only on a model
+        compiled for several streams: load with ``performance_hint="THROUGHPUT"`` (the default
+        ``LATENCY`` hint compiles one stream: one request at a time). This session's own request
+        is not used, so ``infer`` may run while requests are pending.
+
+        Not ``AsyncInferQueue``: its completion callback runs on an OpenVINO thread that must take
+        the GIL for every request; measured side by side here (``scripts/bench_throughput.py``'s
+        history in the README), worker threads on their own requests gave 1.2-2.3x its
+        throughput with 4 requests in flight on a ``THROUGHPUT`` model."""
         compiled = self._compiled
         if compiled is None:
             raise self._closed()
@@ -894,18 +899,47 @@ class OpenVINOSession(Session):
                 jobs = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
             except (RuntimeError, TypeError, ValueError):
                 jobs = 1
+        jobs = max(1, jobs)
         try:
             streams = int(compiled.get_property("NUM_STREAMS"))
         except (RuntimeError, TypeError, ValueError):
             streams = jobs
-        return AsyncPool(
-            compiled,
-            max(1, jobs),
-            len(self.outputs),
+        runners = [self._worker_runner(compiled) for _ in range(jobs)]
+        return ThreadPool(
+            runners,
             parallel=jobs > 1 and streams > 1,
-            where=self._where,
+            path=self._where,
+            backend=NAME,
             device=self.device,
+            name="edge_runtime-openvino",
         )
+
+    def _worker_runner(self, compiled: Any) -> RunFn:
+        """A new infer request for one pool worker, as a function: arrays in, new output arrays out."""
+        where, device, n_out = self._where, self.device, len(self.outputs)
+        try:
+            request = compiled.create_infer_request()
+            in_views = [request.get_input_tensor(i).data for i in range(len(self.inputs))]
+        except RuntimeError as exc:
+            raise ModelLoadError(
+                f"cannot create an infer request for a pool worker: {_first_line(exc)}",
+                path=where,
+                backend=NAME,
+                device=device,
+            ) from exc
+
+        def run(arrays: Arrays) -> list[npt.NDArray[Any]]:
+            for view, arr in zip(in_views, arrays):
+                np.copyto(view, arr)  # the one copy in: into the request's own tensor
+            try:
+                request.infer()  # releases the GIL
+            except RuntimeError as exc:
+                raise InferenceError(
+                    f"infer failed: {_first_line(exc)}", path=where, backend=NAME, device=device
+                ) from exc
+            return [request.get_output_tensor(i).data.copy() for i in range(n_out)]  # owned by the request
+
+        return run
 
     def close(self) -> None:
         """Release the request and the compiled model. Safe to call twice."""
@@ -913,58 +947,6 @@ class OpenVINOSession(Session):
         self._out_views = None
         self._request = None
         self._compiled = None
-
-
-class AsyncPool(RequestPool):
-    """Requests on an ``openvino.AsyncInferQueue``: inputs are copied into an idle infer request
-    at ``submit``; OpenVINO's callback copies the outputs out (new arrays, owned by the
-    request), runs ``finish`` and settles the future. ``max_in_flight`` is the number of jobs:
-    ``submit`` blocks while every infer request is busy.
-
-    OpenVINO does not call the Python callback of a request that fails inside the plugin; such
-    a request is found when its infer request is next taken (or at ``close``) and its future
-    gets an ``InferenceError``."""
-
-    def __init__(self, compiled: Any, jobs: int, n_out: int, *, parallel: bool, where: str, device: str) -> None:
-        super().__init__(jobs, jobs, path=where, backend=NAME, device=device)
-        self.parallel = parallel
-        self._n_out = n_out
-        self._queue = _ov().AsyncInferQueue(compiled, jobs)
-        self._queue.set_callback(self._done)
-        self._started: list[Future[Any] | None] = [None] * jobs  # the last request on each job
-        self._start_lock = threading.Lock()
-
-    def _start(self, fut: Future[T], arrays: Arrays, finish: Callable[[Any], T]) -> None:
-        with self._start_lock:
-            job = int(self._queue.get_idle_request_id())  # start_async takes this same one
-            self._reap(job)
-            self._started[job] = fut
-            try:
-                self._queue.start_async(dict(enumerate(arrays)), (fut, finish))  # copies the inputs
-            except RuntimeError as exc:
-                self._started[job] = None
-                raise self.error(f"start_async failed: {_first_line(exc)}") from exc
-
-    def _done(self, request: Any, userdata: tuple[Future[Any], Callable[[Any], Any]]) -> None:
-        fut, finish = userdata
-        n = self._n_out
-        self.settle(fut, lambda: finish([request.get_output_tensor(i).data.copy() for i in range(n)]))
-
-    def _reap(self, job: int) -> None:
-        """The request last started on ``job`` (now idle) never called back: it failed in OpenVINO."""
-        fut = self._started[job]
-        if fut is not None and not fut.done():
-            fut.set_exception(self.error("inference failed inside OpenVINO (no result came back)"))
-
-    def _shutdown(self) -> None:
-        try:
-            self._queue.wait_all()
-        except RuntimeError:  # errors belong to their requests' futures, settled below
-            pass
-        with self._start_lock:
-            for job in range(len(self._started)):
-                self._reap(job)
-            self._started = [None] * len(self._started)
 
 
 #: Compile options only the CPU plugin takes: left out when compiling for another device.
