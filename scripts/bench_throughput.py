@@ -6,7 +6,8 @@ inferences per second:
 
 - ``seq``: sequential ``infer_raw`` calls on a one-thread model (the single-stream rate);
 - ``submit xN``: ``submit`` with N requests in flight (LiteRT: the default pool, cores //
-  threads interpreters of one thread; OpenVINO: N infer requests); on OpenVINO, with the
+  threads interpreters of one thread; OpenVINO: N worker threads on infer requests of their
+  own); on OpenVINO, with the
   ``LATENCY`` hint and with the ``THROUGHPUT`` hint (and CPU pinning off, as that hint sets it);
 - ``batched bB wW tT dD``: four stream threads, each sending one sample at a time and keeping
   ``D`` pending (replacing each result, in order, by a new sample) to one ``DynamicBatcher`` with
@@ -14,11 +15,13 @@ inferences per second:
 - ``ceiling``: no ``submit``: one thread per core, each looping ``infer_raw`` on a model of its
   own (what the hardware and the GIL allow; the gap to ``submit`` is the hand-off's cost).
 
-Each case: warm-up, then ``--passes`` passes of ``--seconds`` each; the median rate and the
-spread (max - min of the passes, as a % of the median). The ratio is against ``seq``. The
-target, "4 in flight >= 1.8x the single-stream sequential rate on models of >= 50 us per
-inference, on both backends", is checked on the best 4-in-flight case of each backend and
-printed as met or not met.
+Each case runs in a fresh process (OpenVINO's pinning and thread arenas, once set up by one
+case, change the next case's figures). Each case: warm-up, then ``--passes`` passes of
+``--seconds`` each; the median rate and the spread (max - min of the passes, as a % of the
+median). The ratio is against ``seq``. The target, "4 streams >= 1.8x the single-stream
+sequential rate on models of >= 50 us per inference, on both backends", is checked on the
+best 4-stream case of each backend and printed as met or not met (the ``batched`` cases say
+how many windows each stream keeps pending: ``dD``).
 
     .venv/bin/python scripts/bench_throughput.py [--passes 5] [--seconds 1.0] [--json out.json]
 """
@@ -30,6 +33,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -171,48 +175,52 @@ def ov_threads(model: er.Model) -> str:
         return ""
 
 
-def bench_model(path: Path, backend: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    with er.load_model(path, DEVICE[backend], threads=1, sidecar=False) as m:
-        x = random_tensor(m.inputs[0], seed=1)
-        seq, seq_spread = rate(sequential(m, x), args.seconds, args.passes)
-        rows.append(
-            {
-                "case": "seq infer_raw",
-                "in_flight": 1,
-                "rate": seq,
-                "spread": seq_spread,
-                "threads": f"1 ({ov_threads(m)})" if backend == "openvino" else "1",
-            }
-        )
-    us = 1e6 / seq
-    hints = ("LATENCY", "THROUGHPUT") if backend == "openvino" else (None,)
-    for hint in hints:
-        for n in (1, 2, 4):
-            opts: dict[str, Any] = {"sidecar": False}
-            if backend == "litert":
+def case_names(backend: str) -> list[str]:
+    """Every case for one model on ``backend``, in the order they run (each in its own process)."""
+    names = ["seq"]
+    hints = ("LATENCY", "THROUGHPUT") if backend == "openvino" else ("",)
+    names += [f"submit:{hint}:{n}" for hint in hints for n in (1, 2, 4)]
+    names += [f"batched:{b}:{w}:{t}:{d}" for b, w, t, d in BATCHED]
+    names.append("ceiling")
+    return names
+
+
+def run_case(path: Path, backend: str, case: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One case, in this process: its row (rate in inferences/s, spread in %)."""
+    kind, *params = case.split(":")
+    probe = er.load_model(path, DEVICE[backend], threads=1, sidecar=False)
+    x = random_tensor(probe.inputs[0], seed=1)
+    if kind == "seq":
+        with probe as m:
+            r, spread = rate(sequential(m, x), args.seconds, args.passes)
+            threads = f"1 ({ov_threads(m)})" if backend == "openvino" else "1"
+        return {"case": "seq infer_raw", "in_flight": 1, "rate": r, "spread": spread, "threads": threads}
+    probe.close()
+    if kind == "submit":
+        hint, n = params[0], int(params[1])
+        opts: dict[str, Any] = {"sidecar": False}
+        if backend == "litert":
+            opts["threads"] = 1
+        else:  # THROUGHPUT picks its own streams and threads; LATENCY gets one thread, as seq
+            opts["performance_hint"] = hint
+            if hint == "LATENCY":
                 opts["threads"] = 1
-            else:  # THROUGHPUT picks its own streams and threads; LATENCY gets one thread, as seq
-                opts["performance_hint"] = hint
-                if hint == "LATENCY":
-                    opts["threads"] = 1
-            with er.load_model(path, DEVICE[backend], **opts) as m:
-                # LiteRT: the default pool (cores // threads interpreters), n requests in flight;
-                # OpenVINO: n infer requests (its streams bound the parallelism).
-                pool = m.start_workers(None if backend == "litert" else n)
-                r, spread = rate(submitting(m, x, n), args.seconds, args.passes)
-                threads = f"{pool.workers} x 1" if backend == "litert" else ov_threads(m)
-                rows.append(
-                    {
-                        "case": f"submit {hint or ''}".strip(),
-                        "in_flight": n,
-                        "rate": r,
-                        "spread": spread,
-                        "threads": threads,
-                        "parallel": pool.parallel,
-                    }
-                )
-    for max_batch, workers, threads, depth in BATCHED:
+        with er.load_model(path, DEVICE[backend], **opts) as m:
+            # LiteRT: the default pool (cores // threads interpreters), n requests in flight;
+            # OpenVINO: n worker threads on infer requests of their own (its streams bound the parallelism).
+            pool = m.start_workers(None if backend == "litert" else n)
+            r, spread = rate(submitting(m, x, n), args.seconds, args.passes)
+            threads = f"{pool.workers} x 1" if backend == "litert" else ov_threads(m)
+        return {
+            "case": f"submit {hint}".strip(),
+            "in_flight": n,
+            "rate": r,
+            "spread": spread,
+            "threads": threads,
+            "parallel": pool.parallel,
+        }
+    if kind == "batched":
+        max_batch, workers, threads_each, depth = (int(p) for p in params)
         try:
             b = DynamicBatcher(
                 path,
@@ -220,25 +228,21 @@ def bench_model(path: Path, backend: str, args: argparse.Namespace) -> list[dict
                 max_batch=max_batch,
                 max_wait_us=2000,
                 workers=workers,
-                threads=threads,
+                threads=threads_each,
                 sidecar=False,
             )
         except er.errors.ModelLoadError as exc:
-            rows.append({"case": f"batched: {exc.reason}", "in_flight": 0, "rate": 0.0, "spread": 0.0, "threads": ""})
-            break
+            return {"case": f"batched: {exc.reason}", "in_flight": 0, "rate": 0.0, "spread": 0.0, "threads": ""}
         with b:
             r, spread = rate(streams_into(b, x, TARGET_IN_FLIGHT, depth), args.seconds, args.passes)
-            rows.append(
-                {
-                    "case": f"batched b{max_batch} w{workers} t{threads} d{depth}",
-                    "in_flight": TARGET_IN_FLIGHT,
-                    "streams": TARGET_IN_FLIGHT,
-                    "depth": depth,
-                    "rate": r,
-                    "spread": spread,
-                    "threads": f"{workers} x {threads}, mean batch {b.stats.mean_batch:.2f}",
-                }
-            )
+        return {
+            "case": f"batched b{max_batch} w{workers} t{threads_each} d{depth}",
+            "in_flight": TARGET_IN_FLIGHT,
+            "depth": depth,
+            "rate": r,
+            "spread": spread,
+            "threads": f"{workers} x {threads_each}, mean batch {b.stats.mean_batch:.2f}",
+        }
     # The ceiling: N independent one-thread models on N threads, no submit (what the hand-off costs).
     n = min(TARGET_IN_FLIGHT, available_cores())
     cfg: dict[str, Any] = {"openvino_config": {"ENABLE_CPU_PINNING": False}} if backend == "openvino" else {}
@@ -248,9 +252,25 @@ def bench_model(path: Path, backend: str, args: argparse.Namespace) -> list[dict
     finally:
         for m in ms:
             m.close()
-    rows.append({"case": "ceiling (no submit)", "in_flight": n, "rate": r, "spread": spread, "threads": f"{n} x 1"})
+    return {"case": "ceiling (no submit)", "in_flight": n, "rate": r, "spread": spread, "threads": f"{n} x 1"}
+
+
+def bench_model(path: Path, backend: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every case of one model on ``backend``, each in a fresh process (OpenVINO's thread pinning
+    and arenas, once set up by one case, would change the next case's figures)."""
+    rows: list[dict[str, Any]] = []
+    for case in case_names(backend):
+        cmd = [sys.executable, __file__, "--one", str(path), backend, case]
+        cmd += ["--passes", str(args.passes), "--seconds", str(args.seconds)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            rows.append({"case": f"{case}: failed: {tail}", "in_flight": 0, "rate": 0.0, "spread": 0.0, "threads": ""})
+            continue
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    seq = rows[0]["rate"] if rows and rows[0]["case"].startswith("seq") and rows[0]["rate"] > 0 else float("nan")
     for row in rows:
-        row.update(model=path.name, backend=backend, seq_us=us, ratio=row["rate"] / seq)
+        row.update(model=path.name, backend=backend, seq_us=1e6 / seq, ratio=row["rate"] / seq)
     return rows
 
 
@@ -261,7 +281,12 @@ def main() -> int:
     ap.add_argument("--backend", action="append", choices=sorted(DEVICE), help="default: both")
     ap.add_argument("--json", type=Path, help="also write every row here")
     ap.add_argument("--models", nargs="+", metavar="NAME", help="only models whose file name holds one of these")
+    ap.add_argument("--one", nargs=3, metavar=("MODEL", "BACKEND", "CASE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.one:  # a child: one case, its row as JSON on the last line
+        path, backend, case = args.one
+        print(json.dumps(run_case(Path(path), backend, case, args)))
+        return 0
     models = sorted((ROOT / "models").glob("*.tflite"))
     models += sorted(MLPERF.glob("*.tflite")) if MLPERF.is_dir() else []
     if not MLPERF.is_dir():
