@@ -346,3 +346,23 @@ def test_fixed_first_dimension_other_than_one_is_refused(tmp_path: Path) -> None
     assert _open(path, batch=2).inputs[0].shape == (2, 3)  # already the batch asked for
     with pytest.raises(ModelLoadError, match=r"cannot take a batch of 4: input x has a fixed first dimension of 2"):
         _open(path, batch=4)
+
+
+def test_infer_runs_through_the_binding_and_matches_the_public_call() -> None:
+    """On this OpenVINO the session calls the binding's own infer (no input dispatch, no result
+    dict); its outputs are the public ``InferRequest.infer()``'s, bit for bit."""
+    import functools
+
+    import numpy as np
+
+    import edge_runtime as er
+    from edge_runtime.backends.openvino import infer_call
+    from edge_runtime.tensors import random_tensor
+
+    assert isinstance(infer_call(), functools.partial)
+    with er.load(SHIPPED[0], "openvino:CPU") as m:
+        x = random_tensor(m.inputs[0], 3)
+        ours = m.infer_raw(x)[0]
+        request = m.session._request  # type: ignore[attr-defined]
+        public = request.infer({0: x})[0]
+        np.testing.assert_array_equal(ours, public)

@@ -15,6 +15,7 @@ compiled model without reading the model at all (``_CompileCache``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -604,6 +605,29 @@ def _compile_props(
     return props
 
 
+@functools.cache
+def infer_call() -> Callable[[Any], object]:
+    """How to run an infer request on the inputs already in its tensors (GIL released).
+
+    ``InferRequest.infer()`` (openvino/_ov_api.py) wraps the binding: it dispatches its
+    ``inputs`` argument and wraps the outputs in an ``OVDict`` of new arrays, work this runtime
+    does not use (it writes the input tensors itself and reads the output tensors after).
+    Calling the binding with no inputs and shared outputs saved 5-15 us per call here
+    (2026-11-29, 2 cores, OpenVINO 2026.4.1, MLPerf Tiny models: ad01 36.5 -> 28.7 us, KWS
+    99.8 -> 93.7, ResNet-8 84.6 -> 79.0, VWW 251 -> 236; medians of 7 x 500 calls, interleaved).
+    Used when the binding has the signature relied on; else the public ``infer()`` (a later
+    release may change the private binding)."""
+    binding = getattr(getattr(_ov(), "_pyopenvino", None), "InferRequest", None)
+    fn = getattr(binding, "infer", None)
+    if fn is None or "inputs: dict, share_outputs: bool, decode_strings: bool" not in (fn.__doc__ or ""):
+        return lambda request: request.infer()
+    return functools.partial(_call_binding, fn)
+
+
+def _call_binding(fn: Callable[..., object], request: Any) -> object:
+    return fn(request, {}, True, False)
+
+
 class OpenVINOSession(Session):
     """A compiled model and one infer request whose input tensors are reused."""
 
@@ -668,6 +692,7 @@ class OpenVINOSession(Session):
                 self.execution_devices = (target,)
         try:
             self._request = self._compiled.create_infer_request()
+            self._infer = infer_call()
             self.inputs = tuple(
                 TensorSpec(
                     _port_name(p, f"input{i}"), tuple(p.get_shape()), np.dtype(p.get_element_type().to_dtype()), q
@@ -855,7 +880,7 @@ class OpenVINOSession(Session):
         if request is None:
             raise self._closed()
         try:
-            request.infer()
+            self._infer(request)
         except RuntimeError as exc:
             raise InferenceError(
                 f"infer failed: {_first_line(exc)}", path=self._where, backend=NAME, device=self.device
@@ -917,6 +942,7 @@ class OpenVINOSession(Session):
     def _worker_runner(self, compiled: Any) -> RunFn:
         """A new infer request for one pool worker, as a function: arrays in, new output arrays out."""
         where, device, n_out = self._where, self.device, len(self.outputs)
+        infer = infer_call()
         try:
             request = compiled.create_infer_request()
             in_views = [request.get_input_tensor(i).data for i in range(len(self.inputs))]
@@ -932,7 +958,7 @@ class OpenVINOSession(Session):
             for view, arr in zip(in_views, arrays):
                 np.copyto(view, arr)  # the one copy in: into the request's own tensor
             try:
-                request.infer()  # releases the GIL
+                infer(request)  # releases the GIL
             except RuntimeError as exc:
                 raise InferenceError(
                     f"infer failed: {_first_line(exc)}", path=where, backend=NAME, device=device
