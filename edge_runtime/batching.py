@@ -34,6 +34,7 @@ only pipelines that set ``max_batch`` above 1 (``edge_runtime.daemon.batched``).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import threading
@@ -49,7 +50,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from .errors import ArgumentError, EdgeRuntimeError, InferenceError, ModelClosedError
+from .errors import ArgumentError, EdgeRuntimeError, InferenceError, ModelClosedError, ModelLoadError
 from .futures import default_workers
 from .model import Model, check_batch, load_model
 from .result import Classification, top_score
@@ -59,6 +60,10 @@ from .tensors import TensorSpec, dequantize
 log = logging.getLogger("edge_runtime.batching")
 
 T = TypeVar("T")
+#: The keyword options ``load_model`` takes (a batcher passes them on; ``batch`` is its own).
+_LOAD_OPTIONS = set(inspect.signature(load_model).parameters) - {"path", "device", "batch"}
+#: The idle timer thread looks for work this often even when nobody woke it, seconds.
+IDLE_LOOK_S = 0.5
 Raw = list[npt.NDArray[Any]]
 #: Turns one sample's raw outputs (views of the batch's rows, valid only during the call) into
 #: the future's value; must copy what it keeps.
@@ -142,20 +147,24 @@ class DynamicBatcher:
         workers: int | None = None,
         **load_options: Any,
     ) -> None:
-        check_batch(max_batch)
+        check_batch(max_batch, "max_batch")
+        unknown = sorted(set(load_options) - _LOAD_OPTIONS)
+        if unknown:
+            raise ArgumentError(
+                f"DynamicBatcher got unknown option(s) {', '.join(unknown)}; it takes max_batch, max_wait_us, sizes, "
+                "workers and load_model's options"
+            )
         if isinstance(max_wait_us, bool) or not isinstance(max_wait_us, (int, float)) or not max_wait_us >= 0:
             raise ArgumentError(f"max_wait_us must be a number of microseconds >= 0, got {max_wait_us!r}")
         chosen = tuple(sorted(set(sizes))) if sizes is not None else batch_sizes(max_batch)
         for b in chosen:
-            check_batch(b)
+            check_batch(b, "each of sizes")
         if not chosen or chosen[0] != 1 or chosen[-1] != max_batch:
             raise ArgumentError(f"sizes must hold 1 and max_batch={max_batch}, got {list(chosen)}")
-        if "batch" in load_options:
-            raise ArgumentError("a DynamicBatcher loads its own batch sizes: pass max_batch, not batch")
         threads = load_options.get("threads")
         if workers is None:
             workers = default_workers(threads if isinstance(threads, int) else None)
-        check_batch(workers)
+        check_batch(workers, "workers")
         if workers > 1:
             # Pinned, OpenVINO runs every model of the process on the same cores (measured: two
             # one-thread models in two threads at 0.87x of one); unpinned they share the cores.
@@ -175,7 +184,17 @@ class DynamicBatcher:
             self._free[1].put(one)
             for b in chosen:
                 for _ in range(workers - (1 if b == 1 else 0)):
-                    m = load_model(path, one.device, batch=b, **load_options)
+                    try:
+                        m = load_model(path, one.device, batch=b, **load_options)
+                    except ModelLoadError as exc:
+                        if b == max_batch:
+                            raise
+                        raise ModelLoadError(
+                            f"max_batch={max_batch}: the batcher also loads a batch of {b} (for batches that "
+                            f"do not fill), and the model cannot take it: {exc.reason}",
+                            path=exc.path,
+                            attempts=exc.attempts,
+                        ) from exc
                     self._all.append(m)
                     self._free[b].put(m)
         except BaseException:
@@ -247,9 +266,13 @@ class DynamicBatcher:
             elif len(pending) == 1:
                 self._deadline = time.monotonic() + self._wait_s
                 if self._timer_idle:  # else it wakes by itself within max_wait_us and looks
-                    self._lock.notify()
+                    self._lock.notify_all()  # (not notify: see _time_out)
         if full is not None:
-            self._run(*full)
+            try:
+                self._run(*full)  # settles its futures and passes the turn on, even when interrupted
+            except BaseException:
+                self._abandon(*full)  # interrupted before _run began: nothing may wait for this turn
+                raise
         return fut
 
     def _take(self) -> tuple[list[_Request], int]:
@@ -282,8 +305,12 @@ class DynamicBatcher:
                         lock.wait(self._wait_s)  # linger: under load, the next batch is near
                         armed = False
                     else:
+                        # A notify interrupted by Ctrl-C in the submitting thread can leave a stale
+                        # waiter behind in the Condition, which then swallows the next notify: so
+                        # every notify is notify_all, and the idle wait still looks again now and
+                        # then (a lost wake-up costs at most IDLE_LOOK_S, not a hang).
                         self._timer_idle = True
-                        lock.wait()
+                        lock.wait(IDLE_LOOK_S)
                         self._timer_idle = False
                     continue
                 armed = True
@@ -298,37 +325,82 @@ class DynamicBatcher:
         """Run ``batch`` (the ``number``-th taken) on a free model of the smallest size that holds
         it, then settle its futures once every earlier batch is settled (so results keep the
         submission order). A thread never waits for its turn while it holds a model (no
-        deadlock between batches waiting for models and for turns)."""
+        deadlock between batches waiting for models and for turns). Interrupted (Ctrl-C in the
+        submitting thread), the batch's futures still settle, with an ``InferenceError``, the
+        model goes back and the turn passes on: the batcher keeps working for what follows."""
         k = len(batch)
         size = next(b for b in self.sizes if b >= k)
+        outcomes: list[tuple[Any, Exception | None]] | None = None
+        failed = False
+        try:
+            outcomes, failed = self._compute(batch, size)
+        finally:
+            if outcomes is None:  # interrupted before the results were ready
+                stop = InferenceError(
+                    "interrupted before this request's batch returned",
+                    path=str(self.model.path),
+                    backend=self.model.backend,
+                    device=self.model.device,
+                )
+                outcomes = [(None, stop)] * k
+            self._settle(batch, number, outcomes, size, failed)
+
+    def _abandon(self, batch: list[_Request], number: int) -> None:
+        """Settle a batch that never ran (its thread was interrupted) with an ``InferenceError``."""
+        stop = InferenceError(
+            "interrupted before this request's batch ran",
+            path=str(self.model.path),
+            backend=self.model.backend,
+            device=self.model.device,
+        )
+        size = next(b for b in self.sizes if b >= len(batch))
+        self._settle(batch, number, [(None, stop)] * len(batch), size, False)
+
+    def _compute(self, batch: list[_Request], size: int) -> tuple[list[tuple[Any, Exception | None]], bool]:
+        """Each request's value or error, and whether the batch as a whole failed."""
         model = self._free[size].get()  # blocks while every model of this size runs a batch
         try:
             outputs = _run_rows(model, [r.arrays for r in batch])
+            # each finish copies out of the rows (views of the model's tensors)
+            outcomes = [_outcome(r.finish, [out[row : row + 1] for out in outputs]) for row, r in enumerate(batch)]
+            del outputs  # gone before the model runs again
         except Exception as exc:  # noqa: BLE001 - the batch failed: each sample runs alone below
-            self._free[size].put(model)
-            log.warning("edge_runtime: a batch of %d failed (%s); running its samples one by one", k, exc)
-            outcomes = [self._alone(r) for r in batch]
-            failed = True
+            error: Exception | None = exc
         else:
-            try:  # each finish copies out of the rows (views of the model's tensors)
-                outcomes = [_outcome(r.finish, [out[row : row + 1] for out in outputs]) for row, r in enumerate(batch)]
-            finally:
-                del outputs  # gone before the model runs again
-                self._free[size].put(model)
-            failed = False
+            error = None
+        finally:
+            self._free[size].put(model)
+        if error is None:
+            return outcomes, False
+        log.warning("edge_runtime: a batch of %d failed (%s); running its samples one by one", len(batch), error)
+        return [self._alone(r) for r in batch], True
+
+    def _settle(
+        self,
+        batch: list[_Request],
+        number: int,
+        outcomes: list[tuple[Any, Exception | None]],
+        size: int,
+        failed: bool,
+    ) -> None:
+        """Settle the batch's futures in turn (after batch ``number - 1``) and pass the turn on.
+        A batch already settled is left alone."""
         with self._order:
-            while self._settled != number - 1:
+            while self._settled < number - 1:
                 self._order.wait()
+            if self._settled >= number:
+                return
             try:
                 for r, (value, error) in zip(batch, outcomes):
-                    if r.fut.set_running_or_notify_cancel():  # False: cancelled while it waited
-                        if error is not None:
-                            r.fut.set_exception(_as_inference_error(error, self.model))
-                        else:
-                            r.fut.set_result(value)
-                self._count(k, size, failed=failed)
+                    if r.fut.done() or not r.fut.set_running_or_notify_cancel():  # cancelled meanwhile
+                        continue
+                    if error is not None:
+                        r.fut.set_exception(_as_inference_error(error, self.model))
+                    else:
+                        r.fut.set_result(value)
+                self._count(len(batch), size, failed=failed)
             finally:
-                self._settled = number
+                self._settled = max(self._settled, number)
                 self._order.notify_all()
 
     def _alone(self, r: _Request) -> tuple[Any, Exception | None]:
@@ -357,7 +429,7 @@ class DynamicBatcher:
             if self._closed:
                 return
             self._closed = True
-            self._lock.notify()
+            self._lock.notify_all()
         if self._timer is not threading.current_thread():
             self._timer.join()
         for m in self._all:

@@ -69,8 +69,19 @@ class UsageError(ArgumentError):
 class Parser(argparse.ArgumentParser):
     """argparse with the package's one-line errors: ``edge-runtime: error: ...``, exit 2."""
 
+    #: The verb whose options were parsed last (an unknown option is reported by the top-level
+    #: parser, after the verb's parser has run: its hint should still name the verb).
+    last_verb = ""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if " " in self.prog:
+            Parser.last_verb = self.prog.split(" ", 1)[1]
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
         verb = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        if not verb and message.startswith("unrecognized arguments"):
+            verb = Parser.last_verb
         hint = f" (see edge-runtime {verb + ' ' if verb else ''}--help)"
         self.exit(2, f"edge-runtime: error: {message}{hint}\n")
 
@@ -92,6 +103,17 @@ def _whole_number(minimum: int) -> Callable[[str], int]:
 
 positive_int = _whole_number(1)
 non_negative_int = _whole_number(0)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
 def positive_float(text: str) -> float:
@@ -346,13 +368,19 @@ def _bench_plan(args: argparse.Namespace) -> None:
         raise UsageError(f"--data takes none of {', '.join(new)} (accuracy runs one sample at a time)")
     if args.mode == "latency" and args.streams is not None and args.streams > 1:
         raise UsageError(f"--streams {args.streams} needs --mode throughput (latency mode runs one call at a time)")
-    if args.max_wait_us is not None and not (args.mode == "throughput" and args.batch > 1):
-        raise UsageError("--max-wait-us applies only to --mode throughput with --batch > 1 (the dynamic batcher)")
+    if args.max_wait_us is not None and not (
+        args.mode == "throughput" and args.batch > 1 and (args.streams is None or args.streams > 1)
+    ):
+        raise UsageError(
+            "--max-wait-us applies only to --mode throughput with --batch > 1 and several --streams "
+            "(the dynamic batcher)"
+        )
 
 
-def _threads_text(args: argparse.Namespace, used: int | None) -> str:
+def _threads_text(args: argparse.Namespace, used: int | None, reason: str = "") -> str:
     if args.threads == "auto":
-        return f"auto -> {used if used is not None else 'backend default'} (measured)"
+        how = "taken from the measurement cache" if "[cached " in reason else "measured"
+        return f"auto -> {used if used is not None else 'backend default'} ({how})"
     return str(used) if used is not None else "backend default"
 
 
@@ -542,7 +570,7 @@ def _bench_header(
         f"model:      {path}\n"
         f"device:     {device} ({full_name})\n"
         f"why:        {reason}\n"
-        f"threads:    {_threads_text(args, used)}\n"
+        f"threads:    {_threads_text(args, used, reason)}\n"
     )
 
 
@@ -1231,10 +1259,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-wait-us",
-        type=positive_float,
+        type=non_negative_float,
         default=None,
         metavar="US",
-        help="throughput mode with --batch: how long the batcher waits to fill a batch, microseconds (default 1000)",
+        help="throughput mode with --batch and several streams: how long the oldest waiting sample waits for "
+        "others to fill a batch, microseconds (default 1000; 0: run what is queued at once)",
     )
     p.add_argument(
         "--runs",

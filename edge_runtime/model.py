@@ -408,10 +408,10 @@ def check_threads(threads: int | None) -> None:
         raise ArgumentError(f"threads must be a whole number >= 1 (or None for the backend's default), got {threads!r}")
 
 
-def check_batch(batch: int) -> None:
-    """Raise ``ArgumentError`` unless ``batch`` is a whole number >= 1."""
+def check_batch(batch: int, name: str = "batch") -> None:
+    """Raise ``ArgumentError`` unless ``batch`` (the option ``name``) is a whole number >= 1."""
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-        raise ArgumentError(f"batch must be a whole number >= 1, got {batch!r}")
+        raise ArgumentError(f"{name} must be a whole number >= 1, got {batch!r}")
 
 
 def load_model(

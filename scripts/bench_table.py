@@ -227,6 +227,8 @@ def default_models(names: list[str] | None) -> list[Path]:
         log(f"note: {MLPERF} absent; MLPerf Tiny models skipped")
     if names:
         models = [m for m in models if any(n in m.stem for n in names)]
+        if not models:
+            raise SystemExit(f"bench_table.py: no model matches --models {','.join(names)}")
     return models
 
 

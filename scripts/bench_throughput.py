@@ -276,7 +276,7 @@ def bench_model(path: Path, backend: str, args: argparse.Namespace) -> list[dict
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--passes", type=int, default=5)
+    ap.add_argument("--passes", type=int, default=5, help="timed passes per case; the median is reported (default 5)")
     ap.add_argument("--seconds", type=float, default=1.0, help="length of one pass, seconds")
     ap.add_argument("--backend", action="append", choices=sorted(DEVICE), help="default: both")
     ap.add_argument("--json", type=Path, help="also write every row here")
@@ -293,6 +293,8 @@ def main() -> int:
         print(f"# {MLPERF} absent: MLPerf Tiny models skipped")
     if args.models:
         models = [m for m in models if any(k in m.name for k in args.models)]
+        if not models:
+            ap.error(f"no model matches --models {' '.join(args.models)}")
     backends = args.backend or sorted(DEVICE)
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {platform.machine()}, {available_cores()} cores "

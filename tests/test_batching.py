@@ -92,6 +92,15 @@ def test_bad_batcher_options_are_argument_errors(bad: dict[str, Any]) -> None:
 def test_a_batcher_refuses_a_model_without_a_batch_dimension() -> None:
     with pytest.raises(ModelLoadError, match="batch of 2"):
         DynamicBatcher(DIGITS, "litert:cpu", max_batch=2)
+    with pytest.raises(ModelLoadError, match=r"max_batch=4: the batcher also loads a batch of 2"):
+        DynamicBatcher(DIGITS, "litert:cpu", max_batch=4)
+
+
+def test_a_misspelt_option_names_the_batcher() -> None:
+    with pytest.raises(ArgumentError, match="DynamicBatcher got unknown option.*max_wiat_us"):
+        DynamicBatcher(MOTIONS, "litert:cpu", max_wiat_us=10)
+    with pytest.raises(ArgumentError, match="max_batch must be"):
+        DynamicBatcher(MOTIONS, "litert:cpu", max_batch=0)
 
 
 def run_streams(b: DynamicBatcher, per_stream: list[list[np.ndarray[Any, Any]]], depth: int = 1) -> list[list[Any]]:
@@ -234,3 +243,28 @@ def test_a_failing_batch_runs_its_samples_alone_and_a_failing_sample_gets_its_ow
         for x, f in zip(xs, futs):
             np.testing.assert_array_equal(f.result(timeout=30)[0], one.infer_raw(x)[0])
         assert b.stats.failed_batches == 3
+
+
+def test_an_interrupt_in_the_submitting_thread_leaves_the_batcher_working() -> None:
+    """Ctrl-C while the submitting thread runs a batch (a finish that raises KeyboardInterrupt
+    stands in for the signal): the interrupt reaches the caller, the batch's other futures
+    settle with an InferenceError, the model goes back, and later batches still run in turn."""
+    from edge_runtime.errors import InferenceError
+
+    with (
+        DynamicBatcher(MOTIONS, "litert:cpu", max_batch=2, max_wait_us=LONG, threads=1, workers=1) as b,
+        er.load(MOTIONS, "litert:cpu", threads=1) as one,
+    ):
+        xs = samples(b.inputs[0], 4)
+        first = b.submit_raw(xs[0])
+
+        def interrupted(raw: Any) -> Any:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            b._submit(xs[1], interrupted)  # fills the batch: this thread runs it
+        with pytest.raises(InferenceError, match="interrupted"):
+            first.result(timeout=30)
+        futs = [b.submit_raw(x) for x in xs[2:]]
+        for x, f in zip(xs[2:], futs):
+            np.testing.assert_array_equal(f.result(timeout=30)[0], one.infer_raw(x)[0])

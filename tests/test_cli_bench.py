@@ -104,7 +104,7 @@ def test_threads_auto_prints_the_measured_choice(cli: Cli, tmp_path: Path) -> No
     assert d["threads"] == "auto" and isinstance(d["threads_used"], int) and d["threads_used"] >= 1
     assert "threads=auto" in d["reason"]
     text = cli("bench", DIGITS, "-d", "litert:cpu", "--threads", "auto", "--runs", "20", "-q").stdout
-    assert "threads:    auto -> " in text and "(measured)" in text
+    assert "threads:    auto -> " in text and "(taken from the measurement cache)" in text  # the second run
 
 
 @needs_litert
@@ -159,9 +159,12 @@ def test_help_names_every_option_and_the_units(cli: Cli) -> None:
         (("--time", "1s"), "argument --time: '1s' is not a number"),
         (("--time", "0"), "argument --time: must be > 0"),
         (("--time", "inf"), "argument --time: must be a finite number of seconds"),
-        (("--max-wait-us", "-5"), "argument --max-wait-us: must be > 0"),
+        (("--max-wait-us", "-5"), "argument --max-wait-us: must be a finite number >= 0"),
+        (("--mode", "throughput", "--batch", "2", "--streams", "1", "--max-wait-us", "0"), "several --streams"),
+        (("--strems", "2"), "(see edge-runtime bench --help)"),
         (("--streams", "4"), "--streams 4 needs --mode throughput"),
         (("--max-wait-us", "100"), "--max-wait-us applies only to --mode throughput with --batch > 1"),
+        (("--max-wait-us", "inf"), "must be a finite number >= 0"),
         (("--mode", "throughput", "--data", str(MODELS / "digits_cnn_int8_test.npz")), "--data takes none of --mode"),
     ],
 )
@@ -175,13 +178,20 @@ def test_usage_errors_are_one_line_and_exit_2(cli: Cli, args: tuple[str, ...], m
 
 @needs_litert
 @pytest.mark.parametrize(
-    ("mode", "sig", "code"),
-    [("latency", signal.SIGINT, 130), ("throughput", signal.SIGINT, 130), ("throughput", signal.SIGTERM, 143)],
+    ("mode", "sig", "code", "batch"),
+    [
+        ("latency", signal.SIGINT, 130, 1),
+        ("throughput", signal.SIGINT, 130, 1),
+        ("throughput", signal.SIGTERM, 143, 1),
+        ("throughput", signal.SIGINT, 130, 4),  # the dynamic batcher: the main thread runs batches itself
+        ("throughput", signal.SIGTERM, 143, 4),
+    ],
 )
-def test_stopping_prints_the_statistics_so_far(cli: Cli, mode: str, sig: signal.Signals, code: int) -> None:
+def test_stopping_prints_the_statistics_so_far(cli: Cli, mode: str, sig: signal.Signals, code: int, batch: int) -> None:
     unit = "runs" if mode == "latency" else "requests"
-    with cli.start("bench", DIGITS, "-d", "litert:cpu", "--mode", mode, "--time", "120", "--warmup", "2",
-                   "--json") as run:  # fmt: skip
+    model = DIGITS if batch == 1 else MOTIONS
+    with cli.start("bench", model, "-d", "litert:cpu", "--mode", mode, "--time", "120", "--warmup", "2",
+                   "--batch", str(batch), "--json") as run:  # fmt: skip
         progress = run.wait_for("stderr", rf"^bench: (\d+) {unit}, \d+/120 s$")
         run.proc.send_signal(sig)
         out = run.finish()

@@ -55,6 +55,7 @@ assert "openvino" in sys.modules
 assert "openvino.tools.ovc" not in sys.modules, "the converter was imported by edge_runtime"
 assert "openvino_telemetry" not in sys.modules
 import openvino
+assert openvino.tools.__name__ == "openvino.tools"  # bound as after a plain import
 assert callable(openvino.convert_model)
 from openvino import convert_model
 assert convert_model is openvino.convert_model

@@ -105,6 +105,12 @@ def _lazy_convert_model(module: Any) -> Callable[[str], Any]:
     ``import openvino`` would have at import time."""
 
     def __getattr__(name: str) -> Any:
+        if name == "tools":  # the package a plain import leaves bound (its converter import binds it)
+            import importlib
+
+            tools = importlib.import_module("openvino.tools")
+            module.tools = tools
+            return tools
         if name != "convert_model":
             raise AttributeError(f"module 'openvino' has no attribute {name!r}")
         try:
