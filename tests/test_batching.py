@@ -97,7 +97,7 @@ def test_a_batcher_refuses_a_model_without_a_batch_dimension() -> None:
 
 
 def test_a_misspelt_option_names_the_batcher() -> None:
-    with pytest.raises(ArgumentError, match="DynamicBatcher got unknown option.*max_wiat_us"):
+    with pytest.raises(ArgumentError, match=r"DynamicBatcher got unknown option.*max_wiat_us"):
         DynamicBatcher(MOTIONS, "litert:cpu", max_wiat_us=10)
     with pytest.raises(ArgumentError, match="max_batch must be"):
         DynamicBatcher(MOTIONS, "litert:cpu", max_batch=0)

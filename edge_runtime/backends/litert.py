@@ -349,9 +349,7 @@ class LiteRTSession(Session):
     backend = NAME
     capabilities = Capabilities(writable_inputs=True)
 
-    def __init__(
-        self, source: ModelSource, device: Device, *, num_threads: int | None = None, batch: int = 1
-    ) -> None:
+    def __init__(self, source: ModelSource, device: Device, *, num_threads: int | None = None, batch: int = 1) -> None:
         rt = _import_runtime()
         where = str(source.path)
         self.device = device.request
