@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .backends.isolated import Isolation
+from .backends.isolation_policy import Isolation
 from .device_info import Device
 from .devices import Selection, devices, parse_request, probe, select
 from .errors import (

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from .backends.isolated import Isolation
+from .backends.isolation_policy import Isolation
 from .device_info import Device
 from .errors import ArgumentError
 from .model import TrustedKeys, check_batch, load_model, merge_threads

@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from .backends import get_backend
 from .backends.base import Session
-from .backends.isolated import Isolation, as_isolation, open_isolated
+from .backends.isolation_policy import Isolation, as_isolation
 from .device_info import Device
 from .devices import Candidate, Selection, parse_request, probe, select
 from .errors import (
@@ -490,6 +490,8 @@ def load_model(
     for i, cand in enumerate(selection.candidates):
         try:
             if policy is not None:
+                from .backends.isolated import open_isolated  # socket, subprocess...: only when isolating
+
                 session = open_isolated(source, cand.device, policy, **options)
             else:
                 session = get_backend(cand.device.backend).open_session(source, cand.device, **options)

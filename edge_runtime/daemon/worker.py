@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..backends.isolated import Isolation, trial_load
+from ..backends.isolated import trial_load
+from ..backends.isolation_policy import Isolation
 from ..errors import (
     BackendUnavailableError,
     DeviceRequestError,
