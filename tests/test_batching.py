@@ -3,6 +3,7 @@ on the real LiteRT and OpenVINO interpreters."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -32,7 +33,7 @@ def samples(spec: er.TensorSpec, n: int) -> list[np.ndarray[Any, Any]]:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_batched_model_rows_equal_single_calls(device: str) -> None:
-    with er.load(MOTIONS, device, threads=1) as one, er.load(MOTIONS, device, threads=1, batch=4) as four:
+    with er.load_model(MOTIONS, device, threads=1) as one, er.load_model(MOTIONS, device, threads=1, batch=4) as four:
         assert four.inputs[0].shape == (4, *one.inputs[0].shape[1:])
         assert four.outputs[0].shape[0] == 4
         xs = samples(one.inputs[0], 4)
@@ -45,7 +46,10 @@ def test_batched_model_rows_equal_single_calls(device: str) -> None:
 @pytest.mark.parametrize("name", ["kws_ref_model.tflite", "pretrainedResnet_quant.tflite"])
 def test_batched_mlperf_model_is_bit_exact_on_litert(name: str) -> None:
     path = MLPERF / name
-    with er.load(path, "litert:cpu", threads=1) as one, er.load(path, "litert:cpu", threads=1, batch=3) as three:
+    with (
+        er.load_model(path, "litert:cpu", threads=1) as one,
+        er.load_model(path, "litert:cpu", threads=1, batch=3) as three,
+    ):
         xs = samples(one.inputs[0], 3)
         rows = three.infer_raw(np.concatenate(xs))[0]
         for k, x in enumerate(xs):
@@ -56,7 +60,7 @@ def test_a_model_that_cannot_carry_a_batch_is_refused_with_the_reason() -> None:
     """digits_cnn's Reshape targets (1, 512) in the .tflite: LiteRT cannot batch it. (OpenVINO's
     TFLite frontend reads that Reshape as (-1, 512) and takes any batch: tested there.)"""
     with pytest.raises(ModelLoadError) as info:
-        er.load(DIGITS, "litert:cpu", batch=4)
+        er.load_model(DIGITS, "litert:cpu", batch=4)
     assert "batch of 4" in str(info.value)
     assert str(DIGITS) in str(info.value)
 
@@ -103,6 +107,10 @@ def test_a_misspelt_option_names_the_batcher() -> None:
         DynamicBatcher(MOTIONS, "litert:cpu", max_batch=0)
 
 
+def record(into: list[int], i: int, _fut: Future[Any]) -> None:
+    into.append(i)
+
+
 def run_streams(b: DynamicBatcher, per_stream: list[list[np.ndarray[Any, Any]]], depth: int = 1) -> list[list[Any]]:
     """One thread per stream, each submitting its samples (``depth`` pending at most) and
     recording, from the futures' done-callbacks, the order its results arrive in."""
@@ -115,7 +123,7 @@ def run_streams(b: DynamicBatcher, per_stream: list[list[np.ndarray[Any, Any]]],
             window: list[Future[Any]] = []
             for i, x in enumerate(per_stream[k]):
                 fut = b.submit_raw(x)
-                fut.add_done_callback(lambda _f, i=i: arrived[k].append(i))
+                fut.add_done_callback(functools.partial(record, arrived[k], i))
                 window.append(fut)
                 if len(window) >= depth:
                     results[k].append(window.pop(0).result(timeout=30))
@@ -144,7 +152,7 @@ def test_four_streams_fill_batches_of_four_and_get_their_own_results(device: str
         results = run_streams(b, per_stream)  # each stream waits for its result: 4 per batch
         assert dict(b.stats.by_fill) == {4: rounds}
         assert b.stats.samples == 4 * rounds and b.stats.padded_rows == 0
-        with er.load(MOTIONS, device, threads=1) as one:
+        with er.load_model(MOTIONS, device, threads=1) as one:
             for k, stream in enumerate(per_stream):
                 for x, got in zip(stream, results[k]):
                     np.testing.assert_array_equal(got[0], one.infer_raw(x)[0])
@@ -158,7 +166,7 @@ def test_pipelined_streams_keep_their_order(workers: int) -> None:
         xs = samples(b.inputs[0], 4 * 30)
         per_stream = [xs[k::4] for k in range(4)]
         results = run_streams(b, per_stream, depth=3)
-        with er.load(MOTIONS, "litert:cpu", threads=1) as one:
+        with er.load_model(MOTIONS, "litert:cpu", threads=1) as one:
             for k, stream in enumerate(per_stream):
                 for x, got in zip(stream, results[k]):
                     np.testing.assert_array_equal(got[0], one.infer_raw(x)[0])
@@ -170,7 +178,7 @@ def test_a_stalled_stream_holds_no_batch_hostage() -> None:
     on its own (a batch of one), and the float result is infer's."""
     with (
         DynamicBatcher(MOTIONS, "litert:cpu", max_batch=4, max_wait_us=2000, threads=1) as b,
-        er.load(MOTIONS, "litert:cpu", threads=1) as one,
+        er.load_model(MOTIONS, "litert:cpu", threads=1) as one,
     ):
         xs = samples(b.inputs[0], 3)
         for x in xs:
@@ -185,7 +193,7 @@ def test_a_partial_batch_runs_padded_on_the_next_size() -> None:
         futs = [b.submit_raw(x) for x in xs]
         assert not any(f.done() for f in futs)  # 3 of 4: waiting for a fourth
         b.close()  # closing runs what was submitted
-        with er.load(MOTIONS, "litert:cpu", threads=1) as one:
+        with er.load_model(MOTIONS, "litert:cpu", threads=1) as one:
             for x, f in zip(xs, futs):
                 np.testing.assert_array_equal(f.result(timeout=30)[0], one.infer_raw(x)[0])
         assert dict(b.stats.by_fill) == {3: 1} and b.stats.padded_rows == 1
@@ -196,7 +204,7 @@ def test_a_partial_batch_runs_padded_on_the_next_size() -> None:
 def test_zero_wait_runs_every_sample_alone_and_classify_names_the_class() -> None:
     with (
         DynamicBatcher(MOTIONS, "litert:cpu", max_batch=4, max_wait_us=0, threads=1) as b,
-        er.load(MOTIONS, "litert:cpu", threads=1) as one,
+        er.load_model(MOTIONS, "litert:cpu", threads=1) as one,
     ):
         xs = samples(b.inputs[0], 3)
         for x in xs:
@@ -219,7 +227,7 @@ def test_a_bad_input_fails_at_submit_and_the_others_run() -> None:
 def test_a_failing_batch_runs_its_samples_alone_and_a_failing_sample_gets_its_own_error() -> None:
     with (
         DynamicBatcher(MOTIONS, "litert:cpu", max_batch=2, max_wait_us=LONG, threads=1, workers=1) as b,
-        er.load(MOTIONS, "litert:cpu", threads=1) as one,
+        er.load_model(MOTIONS, "litert:cpu", threads=1) as one,
     ):
         xs = samples(b.inputs[0], 2)
         four = b._free[2].get()
@@ -253,7 +261,7 @@ def test_an_interrupt_in_the_submitting_thread_leaves_the_batcher_working() -> N
 
     with (
         DynamicBatcher(MOTIONS, "litert:cpu", max_batch=2, max_wait_us=LONG, threads=1, workers=1) as b,
-        er.load(MOTIONS, "litert:cpu", threads=1) as one,
+        er.load_model(MOTIONS, "litert:cpu", threads=1) as one,
     ):
         xs = samples(b.inputs[0], 4)
         first = b.submit_raw(xs[0])

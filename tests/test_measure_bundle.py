@@ -6,6 +6,7 @@ check what was timed, the cache, and what the bundle says in ``reason``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,10 +15,18 @@ from conftest import MODELS
 import edge_runtime
 import edge_runtime.bundle
 from edge_runtime import measure
+from edge_runtime.early_exit import EarlyExitModel
 from edge_runtime.errors import ArgumentError
 
 BUNDLE = MODELS / "digits_early_exit"
 DATA = np.load(BUNDLE / "test.npz")["x"][:32]
+
+
+def bundle(device: str = "litert:cpu", **options: Any) -> EarlyExitModel:
+    """``edge_runtime.load`` of the bundle (the public door, typed for the test)."""
+    runner = edge_runtime.load(BUNDLE, device, **options)
+    assert isinstance(runner, EarlyExitModel)
+    return runner
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +38,7 @@ def quick(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def test_threads_auto_times_the_whole_bundle_per_thread_count_and_caches_it() -> None:
-    with edge_runtime.load(BUNDLE, "litert:cpu", threads="auto") as b:
+    with bundle("litert:cpu", threads="auto") as b:
         got = b.measurement
         assert got is not None and not got.cached
         assert [(t.request, t.threads) for t in got.table] == [
@@ -38,24 +47,24 @@ def test_threads_auto_times_the_whole_bundle_per_thread_count_and_caches_it() ->
         assert all(t.error is None and t.p50_us > 0 for t in got.table)
         assert b.stages[0].device == got.fastest.request
         assert "fastest of" in b.reason
-    with edge_runtime.load(BUNDLE, "litert:cpu", threads="auto") as again:
+    with bundle("litert:cpu", threads="auto") as again:
         assert again.measurement is not None and again.measurement.cached
         assert again.measurement.key == got.key
 
 
 def test_data_and_per_stage_are_different_decisions() -> None:
-    with edge_runtime.load(BUNDLE, "litert:cpu", threads="auto") as per_stage:
+    with bundle("litert:cpu", threads="auto") as per_stage:
         assert per_stage.measurement is not None
-    with edge_runtime.load(BUNDLE, "litert:cpu", threads="auto", measure_data=DATA) as on_data:
+    with bundle("litert:cpu", threads="auto", measure_data=DATA) as on_data:
         assert on_data.measurement is not None and not on_data.measurement.cached
         assert on_data.measurement.key != per_stage.measurement.key
     other = DATA[::-1].copy()  # other data: another decision
-    with edge_runtime.load(BUNDLE, "litert:cpu", threads="auto", measure_data=other) as b:
+    with bundle("litert:cpu", threads="auto", measure_data=other) as b:
         assert b.measurement is not None and not b.measurement.cached
 
 
 def test_data_with_a_batch_dimension_of_one_per_window_works() -> None:
-    with edge_runtime.load(BUNDLE, "litert:cpu", threads="auto", measure_data=DATA[:, None]) as b:
+    with bundle("litert:cpu", threads="auto", measure_data=DATA[:, None]) as b:
         assert b.measurement is not None
 
 
@@ -109,9 +118,9 @@ def measure_bundle_p50(data: np.ndarray | None) -> float:
         ({"threads": "auto", "measure_data": np.zeros((0, 32, 32, 1), np.float32)}, "array of windows"),
     ],
 )
-def test_bad_measure_data(kwargs: dict[str, object], match: str) -> None:
+def test_bad_measure_data(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ArgumentError, match=match):
-        edge_runtime.load(BUNDLE, "litert:cpu", **kwargs)
+        bundle("litert:cpu", **kwargs)
 
 
 def test_measure_data_for_a_model_file_is_an_error() -> None:

@@ -139,12 +139,12 @@ def test_hit_does_not_read_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_model_exposes_compile_cache(tmp_path: Path, isolate: bool) -> None:
     import edge_runtime as er
 
-    with er.load(SHIPPED[0], "openvino:CPU", cache_dir=str(tmp_path), isolate=isolate) as m:
+    with er.load_model(SHIPPED[0], "openvino:CPU", cache_dir=str(tmp_path), isolate=isolate) as m:
         assert m.compile_cache == "miss"
         assert m.to_dict()["compile_cache"] == "miss"
-    with er.load(SHIPPED[0], "openvino:CPU", cache_dir=str(tmp_path), isolate=isolate) as m:
+    with er.load_model(SHIPPED[0], "openvino:CPU", cache_dir=str(tmp_path), isolate=isolate) as m:
         assert m.compile_cache == "hit"
-    with er.load(SHIPPED[0], "litert:cpu", cache_dir=str(tmp_path)) as m:
+    with er.load_model(SHIPPED[0], "litert:cpu", cache_dir=str(tmp_path)) as m:
         assert m.compile_cache == "off"
 
 
@@ -361,7 +361,7 @@ def test_infer_runs_through_the_binding_and_matches_the_public_call() -> None:
     from edge_runtime.tensors import random_tensor
 
     assert isinstance(infer_call(), functools.partial)
-    with er.load(SHIPPED[0], "openvino:CPU") as m:
+    with er.load_model(SHIPPED[0], "openvino:CPU") as m:
         x = random_tensor(m.inputs[0], 3)
         ours = m.infer_raw(x)[0]
         request = m.session._request  # type: ignore[attr-defined]

@@ -59,7 +59,7 @@ from ..errors import (
 from ..model_file import ModelSource
 from ..tensors import TensorSpec
 from .base import Capabilities, Session
-from .isolation_policy import Isolation
+from .isolation_policy import Isolation, as_isolation
 
 log = logging.getLogger("edge_runtime.isolation")
 
@@ -459,3 +459,23 @@ def trial_load(
                 f"trial run in a child process failed: {exc.reason}", path=str(path), device=runner.device
             ) from None
         return runner.device
+
+
+__all__ = [
+    "DONE",
+    "FAILED",
+    "RUN",
+    "SPIN_NS",
+    "IsolatedSession",
+    "Isolation",
+    "as_isolation",
+    "describe_exit",
+    "layout",
+    "open_isolated",
+    "recv_message",
+    "send_message",
+    "spin_read1",
+    "trial_load",
+    "unsupported_reason",
+    "views",
+]
