@@ -59,7 +59,7 @@ TARGET_RATIO = 1.8
 TARGET_MIN_US = 50.0
 TARGET_IN_FLIGHT = 4
 #: (max_batch, workers, threads per model, windows pending per stream) tried with four streams.
-BATCHED = ((4, 1, 2, 1), (4, 2, 1, 2), (8, 1, 2, 2), (8, 2, 1, 4), (16, 1, 2, 4))
+BATCHED = ((4, 1, 2, 1), (4, 2, 1, 2), (8, 1, 2, 2), (8, 2, 1, 4), (16, 1, 2, 4), (32, 1, 2, 8))
 
 
 def rate(run_for: Callable[[float], int], seconds: float, passes: int) -> tuple[float, float]:
