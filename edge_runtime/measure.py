@@ -531,19 +531,28 @@ def measure_candidates(
     start = time.perf_counter()
     budget = BUDGET_S if budget_s is None else budget_s
     table = measure_settings(source, settings, runs=runs, warmup=warmup, budget_s=budget, options=options)
+    return conclude(table, fields, directory, started=start, path=str(source.path))
+
+
+def conclude(
+    table: Sequence[Timing], fields: dict[str, Any], cache_dir: Path, *, started: float, path: str
+) -> MeasuredChoice:
+    """The decision from a measured ``table`` (``choose_fastest``), stored in ``cache_dir`` under
+    ``fields``' key. ``started``: ``time.perf_counter()`` when measuring began. Raises
+    ``ModelLoadError`` naming ``path`` when no setting could be measured."""
     try:
         fastest = choose_fastest(table)
     except ModelLoadError as exc:
-        raise ModelLoadError(exc.reason, path=str(source.path), attempts=exc.attempts) from None
+        raise ModelLoadError(exc.reason, path=path, attempts=exc.attempts) from None
     choice = MeasuredChoice(
         tuple(table),
         fastest,
-        key,
+        cache_key(fields),
         cached=False,
         measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - started,
     )
-    store(directory, choice, fields)
+    store(cache_dir, choice, fields)
     return choice
 
 
@@ -613,6 +622,7 @@ __all__ = [
     "cache_key",
     "cached_choice",
     "choose_fastest",
+    "conclude",
     "default_cache_dir",
     "default_thread_counts",
     "measure_candidates",

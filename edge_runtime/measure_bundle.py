@@ -30,24 +30,24 @@ import numpy.typing as npt
 
 from . import measure
 from .bundle import MANIFEST, Manifest
-from .devices import DeviceRequest, probe, select
-from .errors import ArgumentError, DeviceUnavailableError, ModelLoadError
+from .devices import DeviceRequest
+from .errors import ArgumentError
 from .measure import (
     MeasuredChoice,
     Setting,
     cache_fields,
     cache_key,
-    choose_fastest,
+    conclude,
     cpu_model,
     default_cache_dir,
     default_thread_counts,
     lookup,
     runtime_versions,
     settings_for,
-    store,
     time_settings,
 )
-from .model_file import READERS, read_model_file
+from .model import candidates_for
+from .model_file import read_model_file
 from .tensors import random_tensor
 
 #: Options of ``load`` that do not change what is timed (left out of the cache key).
@@ -104,18 +104,9 @@ def measure_bundle(
     file0 = first.tflite or first.openvino
     assert file0 is not None
     source = read_model_file(manifest.path / file0)
-    readers = READERS[source.format]
-    wanted = {r.backend for r in requests if r.backend} if all(r.backend for r in requests) else set(readers)
-    devices = options.get("devices") or probe(
-        [b for b in readers if b in wanted], openvino_plugins=options.get("openvino_plugins"), requests=requests
+    selection = candidates_for(
+        source, requests, options.get("devices"), options.get("openvino_plugins"), "bundle", str(manifest.path)
     )
-    selection = select(requests, devices, source.format)
-    if not selection.candidates:
-        raise DeviceUnavailableError(
-            f"no requested device can run this bundle (asked for {', '.join(r.text for r in requests)})",
-            path=str(manifest.path),
-            attempts=[str(p) for p in selection.passed_over],
-        )
     measure_all = any(r.measure for r in requests)
     pool = selection.candidates if measure_all else selection.candidates[:1]
     threads = options.get("threads")
@@ -161,20 +152,7 @@ def measure_bundle(
 
     start = time.perf_counter()
     table = time_settings(settings, open_setting, budget_s=measure.BUDGET_S if budget_s is None else budget_s)
-    try:
-        fastest = choose_fastest(table)
-    except ModelLoadError as exc:
-        raise ModelLoadError(exc.reason, path=str(manifest.path), attempts=exc.attempts) from None
-    choice = MeasuredChoice(
-        tuple(table),
-        fastest,
-        key,
-        cached=False,
-        measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        seconds=time.perf_counter() - start,
-    )
-    store(cache_dir, choice, fields)
-    return choice
+    return conclude(table, fields, cache_dir, started=start, path=str(manifest.path))
 
 
 __all__ = ["bundle_sha256", "data_sha256", "measure_bundle"]

@@ -36,7 +36,7 @@ from .backends import get_backend
 from .backends.base import Session
 from .backends.isolation_policy import Isolation, as_isolation
 from .device_info import Device
-from .devices import Candidate, Selection, parse_request, probe, select
+from .devices import Candidate, DeviceRequest, Selection, parse_request, probe, select
 from .errors import (
     ArgumentError,
     BackendUnavailableError,
@@ -408,6 +408,34 @@ def check_threads(threads: int | None) -> None:
         raise ArgumentError(f"threads must be a whole number >= 1 (or None for the backend's default), got {threads!r}")
 
 
+def candidates_for(
+    source: ModelSource,
+    requests: Sequence[DeviceRequest],
+    devices: Sequence[Device] | None,
+    openvino_plugins: dict[str, str] | None,
+    what: str,
+    where: str,
+) -> Selection:
+    """The devices ``requests`` select for ``source``: ``devices`` when given (registering
+    ``openvino_plugins``), else probed now, only the backends the requests need. Raises
+    ``DeviceUnavailableError`` (naming ``what`` at ``where``, with each device passed over)
+    when none is left."""
+    readers = READERS[source.format]
+    if devices is None:
+        wanted = {r.backend for r in requests if r.backend} if all(r.backend for r in requests) else set(readers)
+        devices = probe([b for b in readers if b in wanted], openvino_plugins=openvino_plugins, requests=requests)
+    elif openvino_plugins:
+        get_backend("openvino").core(openvino_plugins)
+    selection = select(requests, devices, source.format)
+    if not selection.candidates:
+        raise DeviceUnavailableError(
+            f"no requested device can run this {what} (asked for {', '.join(r.text for r in requests)})",
+            path=where,
+            attempts=[str(p) for p in selection.passed_over],
+        )
+    return selection
+
+
 def check_batch(batch: int, name: str = "batch") -> None:
     """Raise ``ArgumentError`` unless ``batch`` (the option ``name``) is a whole number >= 1."""
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -455,20 +483,8 @@ def load_model(
     source = read_model_file(path) if release is None else read_signed(path, release)
     where = str(source.path)
     side = read_sidecar(sidecar_path(source.path)) if sidecar and sidecar_path(source.path).is_file() else None
-    readers = READERS[source.format]
-    if devices is None:
-        wanted = {r.backend for r in requests if r.backend} if all(r.backend for r in requests) else set(readers)
-        devices = probe([b for b in readers if b in wanted], openvino_plugins=openvino_plugins, requests=requests)
-    elif openvino_plugins:
-        get_backend("openvino").core(openvino_plugins)
-    selection = select(requests, devices, source.format)
+    selection = candidates_for(source, requests, devices, openvino_plugins, f"{source.format} model", where)
     attempts = [str(p) for p in selection.passed_over]
-    if not selection.candidates:
-        raise DeviceUnavailableError(
-            f"no requested device can run this {source.format} model (asked for {', '.join(r.text for r in requests)})",
-            path=where,
-            attempts=attempts,
-        )
     options = {
         "num_threads": threads,
         "performance_hint": performance_hint,
