@@ -21,13 +21,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, NoReturn
 
 from . import __version__
 from .backends import REGISTRY, get_backend
-from .bench import LatencyStats, measure, measure_stream, timed
+from .bench import LatencyStats, StreamStats, measure, measure_stream, timed
 from .devices import devices as find_devices
 from .early_exit import EarlyExitModel
 from .errors import ArgumentError, DeviceRequestError, EdgeRuntimeError
@@ -425,16 +426,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.mode == "throughput":
             pool = model.start_workers()
             streams = args.streams or 2 * pool.workers
-            st = measure_stream(
-                lambda: model.submit(x),
-                streams,
-                runs,
-                args.warmup,
-                None if args.quiet else _progress("requests", runs, args.time),
-                partial=True,
-                seconds=args.time,
-                samples_per_request=args.batch,
-            )
+            st = _measure_stream(args, lambda: model.submit(x), streams, runs, samples_per_request=args.batch)
             result.update(call="Model.submit", workers=pool.workers, interrupted=st.interrupted, **st.to_dict())
             text = _bench_header(args, model.path, model.device, model.device_info.full_name, model.reason, used)
             text += (
@@ -475,10 +467,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _bench_batcher(args: argparse.Namespace) -> int:
     """Throughput mode with --batch B and several streams: a DynamicBatcher (max_batch=B)."""
-    try:
-        from .batching import DynamicBatcher
-    except ImportError:
-        raise UsageError("--batch with several --streams is not yet supported (no edge_runtime.batching)") from None
+    from .batching import DynamicBatcher  # imported for this mode only
+
     plugins = _plugins(args.openvino_plugin)
     _register_plugins(plugins)
     max_wait = args.max_wait_us if args.max_wait_us is not None else 1000
@@ -494,24 +484,10 @@ def _bench_batcher(args: argparse.Namespace) -> int:
         runs = args.runs if args.runs is not None or args.time is not None else 1000
         _, first_ms = timed(lambda: batcher.submit(x).result())
         streams = args.streams or 2 * args.batch
-        st = measure_stream(
-            lambda: batcher.submit(x),
-            streams,
-            runs,
-            args.warmup,
-            None if args.quiet else _progress("requests", runs, args.time),
-            partial=True,
-            seconds=args.time,
-        )
-        model = getattr(batcher, "model", None)
-        device = str(getattr(model, "device", args.device))
-        full = str(getattr(getattr(model, "device_info", None), "full_name", ""))
-        reason = str(getattr(model, "reason", ""))
-        used = int(args.threads) if isinstance(args.threads, int) else None
-        if model is not None and isinstance(model, Model):
-            used = _threads_used(args, model)
-        stats_obj: Any = getattr(batcher, "stats", None)
-        batcher_stats = stats_obj.to_dict() if hasattr(stats_obj, "to_dict") else stats_obj
+        st = _measure_stream(args, lambda: batcher.submit(x), streams, runs)
+        model = batcher.model
+        device, full, reason = model.device, model.device_info.full_name, model.reason
+        used = _threads_used(args, model)
         result: dict[str, Any] = {
             "model": str(args.model),
             "device": device,
@@ -530,7 +506,7 @@ def _bench_batcher(args: argparse.Namespace) -> int:
             "call": "DynamicBatcher.submit",
             "interrupted": st.interrupted,
             **st.to_dict(),
-            "batcher_stats": batcher_stats if isinstance(batcher_stats, dict) else str(batcher_stats),
+            "batcher_stats": batcher.stats.to_dict(),
         }
         text = _bench_header(args, args.model, device, full, reason, used)
         text += (
@@ -545,6 +521,27 @@ def _bench_batcher(args: argparse.Namespace) -> int:
     finally:
         batcher.close()
     return _interrupted_status() if st.interrupted else 0
+
+
+def _measure_stream(
+    args: argparse.Namespace,
+    submit: Callable[[], Future[Any]],
+    streams: int,
+    runs: int | None,
+    samples_per_request: int = 1,
+) -> StreamStats:
+    """``bench --mode throughput``'s timed loop: ``streams`` requests in flight, ``--warmup``,
+    ``--time``, progress unless ``--quiet``, partial statistics on Ctrl-C."""
+    return measure_stream(
+        submit,
+        streams,
+        runs,
+        args.warmup,
+        None if args.quiet else _progress("requests", runs, args.time),
+        partial=True,
+        seconds=args.time,
+        samples_per_request=samples_per_request,
+    )
 
 
 def _progress(unit: str, runs: int | None, seconds: float | None) -> Callable[[int, float], None]:
