@@ -328,33 +328,27 @@ class DynamicBatcher:
         deadlock between batches waiting for models and for turns). Interrupted (Ctrl-C in the
         submitting thread), the batch's futures still settle, with an ``InferenceError``, the
         model goes back and the turn passes on: the batcher keeps working for what follows."""
-        k = len(batch)
-        size = next(b for b in self.sizes if b >= k)
         outcomes: list[tuple[Any, Exception | None]] | None = None
         failed = False
         try:
-            outcomes, failed = self._compute(batch, size)
+            outcomes, failed = self._compute(batch, self._size_for(len(batch)))
         finally:
             if outcomes is None:  # interrupted before the results were ready
-                stop = InferenceError(
-                    "interrupted before this request's batch returned",
-                    path=str(self.model.path),
-                    backend=self.model.backend,
-                    device=self.model.device,
-                )
-                outcomes = [(None, stop)] * k
-            self._settle(batch, number, outcomes, size, failed)
+                self._abandon(batch, number, "interrupted before this request's batch returned")
+            else:
+                self._settle(batch, number, outcomes, failed)
 
-    def _abandon(self, batch: list[_Request], number: int) -> None:
-        """Settle a batch that never ran (its thread was interrupted) with an ``InferenceError``."""
-        stop = InferenceError(
-            "interrupted before this request's batch ran",
-            path=str(self.model.path),
-            backend=self.model.backend,
-            device=self.model.device,
-        )
-        size = next(b for b in self.sizes if b >= len(batch))
-        self._settle(batch, number, [(None, stop)] * len(batch), size, False)
+    def _size_for(self, k: int) -> int:
+        """The smallest loaded batch size that holds ``k`` samples."""
+        return next(b for b in self.sizes if b >= k)
+
+    def _abandon(
+        self, batch: list[_Request], number: int, reason: str = "interrupted before this request's batch ran"
+    ) -> None:
+        """Settle a batch whose thread was interrupted: each request gets an ``InferenceError``."""
+        m = self.model
+        stop = InferenceError(reason, path=str(m.path), backend=m.backend, device=m.device)
+        self._settle(batch, number, [(None, stop)] * len(batch), failed=False)
 
     def _compute(self, batch: list[_Request], size: int) -> tuple[list[tuple[Any, Exception | None]], bool]:
         """Each request's value or error, and whether the batch as a whole failed."""
@@ -380,7 +374,6 @@ class DynamicBatcher:
         batch: list[_Request],
         number: int,
         outcomes: list[tuple[Any, Exception | None]],
-        size: int,
         failed: bool,
     ) -> None:
         """Settle the batch's futures in turn (after batch ``number - 1``) and pass the turn on.
@@ -398,7 +391,7 @@ class DynamicBatcher:
                         r.fut.set_exception(_as_inference_error(error, self.model))
                     else:
                         r.fut.set_result(value)
-                self._count(len(batch), size, failed=failed)
+                self._count(len(batch), self._size_for(len(batch)), failed=failed)
             finally:
                 self._settled = max(self._settled, number)
                 self._order.notify_all()
