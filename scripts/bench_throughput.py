@@ -87,23 +87,39 @@ def sequential(model: er.Model, x: Any) -> Callable[[float], int]:
     return run_for
 
 
+def keep_pending(submit: Callable[[], Future[Any]], pending: int, end: float) -> int:
+    """Keep ``pending`` requests in flight until ``end`` (perf_counter seconds), replacing each
+    completion (in order) by a new request; return how many completed."""
+    window: deque[Future[Any]] = deque(submit() for _ in range(pending))
+    n = 0
+    while time.perf_counter() < end:
+        window.popleft().result()
+        n += 1
+        window.append(submit())
+    while window:
+        window.popleft().result()
+        n += 1
+    return n
+
+
+def in_threads(n: int, loop: Callable[[int], int]) -> int:
+    """Run ``loop(k)`` on ``n`` threads at once; the sum of what they return."""
+    counts = [0] * n
+
+    def run(k: int) -> None:
+        counts[k] = loop(k)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts)
+
+
 def submitting(model: er.Model, x: Any, in_flight: int) -> Callable[[float], int]:
     """Keeps ``in_flight`` requests pending; each completion (in order) is replaced by a new one."""
-
-    def run_for(seconds: float) -> int:
-        end = time.perf_counter() + seconds
-        window: deque[Future[Any]] = deque(model.submit(x) for _ in range(in_flight))
-        n = 0
-        while time.perf_counter() < end:
-            window.popleft().result()
-            n += 1
-            window.append(model.submit(x))
-        while window:
-            window.popleft().result()
-            n += 1
-        return n
-
-    return run_for
+    return lambda seconds: keep_pending(lambda: model.submit(x), in_flight, time.perf_counter() + seconds)
 
 
 def streams_into(b: DynamicBatcher, x: Any, streams: int, depth: int) -> Callable[[float], int]:
@@ -112,26 +128,7 @@ def streams_into(b: DynamicBatcher, x: Any, streams: int, depth: int) -> Callabl
 
     def run_for(seconds: float) -> int:
         end = time.perf_counter() + seconds
-        counts = [0] * streams
-
-        def loop(k: int) -> None:
-            n = 0
-            window: deque[Future[Any]] = deque(b.submit_raw(x) for _ in range(depth))
-            while time.perf_counter() < end:
-                window.popleft().result()
-                n += 1
-                window.append(b.submit_raw(x))
-            while window:
-                window.popleft().result()
-                n += 1
-            counts[k] = n
-
-        threads = [threading.Thread(target=loop, args=(k,)) for k in range(streams)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return sum(counts)
+        return in_threads(streams, lambda _k: keep_pending(lambda: b.submit_raw(x), depth, end))
 
     return run_for
 
@@ -141,22 +138,7 @@ def free_threads(models: list[er.Model], x: Any) -> Callable[[float], int]:
 
     def run_for(seconds: float) -> int:
         end = time.perf_counter() + seconds
-        counts = [0] * len(models)
-
-        def loop(k: int) -> None:
-            m, n = models[k], 0
-            while time.perf_counter() < end:
-                for _ in range(8):
-                    m.infer_raw(x)
-                n += 8
-            counts[k] = n
-
-        threads = [threading.Thread(target=loop, args=(k,)) for k in range(len(models))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return sum(counts)
+        return in_threads(len(models), lambda k: sequential(models[k], x)(end - time.perf_counter()))
 
     return run_for
 
