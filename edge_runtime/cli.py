@@ -348,6 +348,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"backend:   {model.backend}\n"
             f"device:    {model.device}  ({model.device_info.full_name}; runs on "
             f"{', '.join(desc['execution_devices']) or '?'})\n"
+            f"placement: {model.placement or 'not reported by the backend'}\n"
             f"why:       {model.reason}\n"
             f"labels:    {', '.join(model.labels) if model.labels else '(none: no sidecar)'}\n"
             f"passed over:\n{_attempts_text(model.attempts)}\n\n"

@@ -10,15 +10,19 @@ Device request grammar (a string a person can type; ``load`` also takes a list o
 them, tried in order)::
 
     request   := ("auto" | KIND) [":measure"] | "litert:" LITERT | "openvino:" OVDEVICE
+               | "onnxruntime:" PROVIDER (";" KEY "=" VALUE)*
     KIND      := "cpu" | "gpu" | "npu" | "tpu" | "fpga"     any backend, that kind
     LITERT    := "cpu"                                       XNNPACK on the CPU
                | "edgetpu" [":" ("usb" | "pci") [":" N]]     Coral Edge TPU (libedgetpu.so.1)
-               | "gpu"                                       TFLite GPU delegate
+               | "gpu"                                       CompiledModel, LiteRT's GPU accelerator (WebGPU)
+               | "npu"                                       CompiledModel, a vendor NPU dispatch library
                | "vx"                                        VeriSilicon VX NPU delegate (i.MX 8M Plus)
                | "delegate=" PATH (";" KEY "=" VALUE)*       any external delegate .so
     OVDEVICE  := NAME ["." N]                                CPU, GPU.0, NPU, a registered plugin
                | ("AUTO" | "MULTI") [":" NAME ("," NAME)*]   OpenVINO picks/spreads among them (all if none)
                | ("HETERO" | "BATCH") ":" NAME ("," NAME)*   split by op support in priority order / batching
+    PROVIDER  := "CPU" | "CUDA" | "TensorRT" | any provider the installed ONNX Runtime lists, by its
+                 short or full name (QNN, OpenVINOExecutionProvider); KEY=VALUE: provider options
 
 ``:measure`` (``auto:measure``, ``cpu:measure``): compile the model on every candidate the
 request selects, at several thread counts (1, 2, the cores; OpenVINO also its own default),
@@ -42,7 +46,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .backends import LITERT, OPENVINO, REGISTRY, get_backend
+from .backends import LITERT, ONNXRUNTIME, OPENVINO, REGISTRY, get_backend
 from .device_info import KINDS, Device, openvino_kind
 from .errors import BackendUnavailableError, DeviceRequestError
 from .model_file import READERS
@@ -55,7 +59,7 @@ AUTO_RANK = {"npu": 0, "tpu": 0, "gpu": 1, "cpu": 2}
 OPENVINO_META = ("AUTO", "MULTI", "HETERO", "BATCH")
 _OV_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[0-9]+)?$")
 MEASURE_SUFFIX = ":measure"
-_LITERT_TARGETS = ("cpu", "edgetpu", "gpu", "vx", "delegate=PATH")
+_LITERT_TARGETS = ("cpu", "gpu", "npu", "edgetpu", "vx", "delegate=PATH")
 
 
 @dataclass(frozen=True)
@@ -133,10 +137,13 @@ def parse_request(text: str) -> DeviceRequest:
         return _parse_litert(raw, rest)
     if sep and prefix.lower() == OPENVINO:
         return _parse_openvino(raw, rest)
+    if sep and prefix.lower() == ONNXRUNTIME:
+        return _parse_onnxruntime(raw, rest)
     raise DeviceRequestError(
         f"cannot parse device request {text!r}: expected 'auto', a kind (cpu, gpu, npu, tpu, fpga), "
         "either one with ':measure', "
-        f"'litert:<{'|'.join(_LITERT_TARGETS)}>' or 'openvino:<DEVICE>' (e.g. openvino:NPU, openvino:AUTO:NPU,CPU)",
+        f"'litert:<{'|'.join(_LITERT_TARGETS)}>', 'openvino:<DEVICE>' (e.g. openvino:NPU, openvino:AUTO:NPU,CPU) "
+        "or 'onnxruntime:<PROVIDER>' (e.g. onnxruntime:CPU, onnxruntime:CUDA, onnxruntime:TensorRT)",
         device=text,
     )
 
@@ -145,7 +152,7 @@ def _parse_litert(raw: str, rest: str) -> DeviceRequest:
     low = rest.lower()
     if low in ("cpu", "xnnpack"):
         return DeviceRequest(raw, LITERT, target="cpu")
-    if low in ("gpu", "vx"):
+    if low in ("gpu", "npu", "vx"):
         return DeviceRequest(raw, LITERT, target=low)
     if low == "edgetpu" or low.startswith("edgetpu:"):
         parts = low.split(":")[1:]
@@ -198,6 +205,30 @@ def _parse_openvino(raw: str, rest: str) -> DeviceRequest:
     if name in OPENVINO_META:  # bare AUTO / MULTI: over every device OpenVINO found
         return DeviceRequest(raw, OPENVINO, target=name, members=())
     return DeviceRequest(raw, OPENVINO, target=name)
+
+
+_PROVIDER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def _parse_onnxruntime(raw: str, rest: str) -> DeviceRequest:
+    name, *pairs = rest.split(";")
+    name = name.strip()
+    if not _PROVIDER_NAME.match(name):
+        raise DeviceRequestError(
+            f"bad ONNX Runtime provider {name!r} in {raw!r}: expected a provider name like CPU, CUDA, TensorRT "
+            "(options after ';', e.g. onnxruntime:CUDA;device_id=0)",
+            backend=ONNXRUNTIME,
+            device=raw,
+        )
+    options: list[tuple[str, str]] = []
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise DeviceRequestError(
+                f"provider option {pair!r} in {raw!r} is not KEY=VALUE", backend=ONNXRUNTIME, device=raw
+            )
+        options.append((key.strip(), value.strip()))
+    return DeviceRequest(raw, ONNXRUNTIME, target=name, options=tuple(options))
 
 
 def _ov_name(raw: str, name: str) -> str:
@@ -254,6 +285,8 @@ def _expand(
         return [PassedOver(req.text, req.text, broken.reason)]
     if req.backend == LITERT:
         return [_match_litert(req, devices)]
+    if req.backend == ONNXRUNTIME:
+        return [_match_onnxruntime(req, devices)]
     return [_match_openvino(req, devices)]
 
 
@@ -299,6 +332,39 @@ def _match_litert(req: DeviceRequest, devices: Sequence[Device]) -> Candidate | 
         found = Device(
             found.backend,
             found.name + ":" + dict(req.options)["device"],
+            found.kind,
+            found.full_name,
+            found.int8,
+            found.available,
+            found.reason,
+            found.capabilities,
+            found.options + req.options,
+        )
+    return Candidate(found, req.text, "named by request")
+
+
+def _match_onnxruntime(req: DeviceRequest, devices: Sequence[Device]) -> Candidate | PassedOver:
+    """The provider a request names (short or full name, any case), with its options added."""
+    wanted = (req.target or "").lower()
+    found = next(
+        (
+            d
+            for d in devices
+            if d.backend == ONNXRUNTIME
+            and d.name
+            and wanted in (d.name.lower(), dict(d.options).get("provider", "").lower())
+        ),
+        None,
+    )
+    if found is None:
+        return PassedOver(req.text, req.text, f"not found ({_found_list(devices, ONNXRUNTIME)})")
+    if not found.available:
+        return PassedOver(req.text, found.request, found.reason or "unavailable")
+    if req.options:
+        suffix = ";".join(f"{k}={v}" for k, v in req.options)
+        found = Device(
+            found.backend,
+            f"{found.name};{suffix}",
             found.kind,
             found.full_name,
             found.int8,
@@ -403,6 +469,9 @@ def needed_devices(backend: str, requests: Sequence[DeviceRequest] | None) -> tu
             for n in r.members or (target,):
                 if n not in names:
                     names.append(n)
+        elif backend == ONNXRUNTIME:
+            if r.target is not None and r.target not in names:
+                names.append(r.target)
         elif r.target not in ("cpu", "delegate") and r.target is not None and r.target not in names:
             names.append(r.target)
     return tuple(names)

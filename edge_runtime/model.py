@@ -103,6 +103,10 @@ class Model:
         self.op_count: int | None = session.op_count
         #: Where the ops really run, as far as the backend can tell (OpenVINO EXECUTION_DEVICES).
         self.execution_devices: tuple[str, ...] = session.execution_devices
+        #: True when every op runs on the device asked for, False when some run elsewhere (e.g. on
+        #: the CPU behind a GPU), None when the backend cannot tell; ``placement`` says it in words.
+        self.fully_accelerated: bool | None = session.fully_accelerated
+        self.placement: str = session.placement
         #: The compiled-model cache on this load ("hit", "miss", "off", "openvino": see ``Session``).
         self.compile_cache: str = session.compile_cache
         #: The JSON sidecar read beside the model (labels, preprocessing), if there was one.
@@ -352,6 +356,8 @@ class Model:
             "device_full_name": self.device_info.full_name,
             "device_kind": self.device_info.kind,
             "execution_devices": list(self.execution_devices),
+            "fully_accelerated": self.fully_accelerated,
+            "placement": self.placement,
             "compile_cache": self.compile_cache,
             "reason": self.reason,
             "attempts": list(self.attempts),

@@ -21,11 +21,13 @@ ONNX = "onnx"
 
 #: Which backends can read each format, in the order ``auto`` tries them on a CPU.
 #: LiteRT comes first for .tflite: it runs TFLite's own kernels, and on this kind of
-#: model its Python call costs about half of OpenVINO's (see README, Performance).
+#: model its Python call costs about half of OpenVINO's (see README, Performance). ONNX Runtime
+#: comes first for .onnx for the same reason (its call costs ~10 us against OpenVINO's ~30-100 us
+#: on the MLPerf Tiny models converted to ONNX: scripts/bench_table.py).
 READERS: dict[str, tuple[str, ...]] = {
     TFLITE: ("litert", "openvino"),
     OPENVINO_IR: ("openvino",),
-    ONNX: ("openvino",),
+    ONNX: ("onnxruntime", "openvino"),
 }
 
 #: The largest model file read (bytes, 1 GiB): checked on the file's size before it is read,

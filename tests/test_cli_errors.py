@@ -46,7 +46,7 @@ ROWS: dict[str, Row] = {
     "--threads two": Row(("info", str(DIGITS), "--threads", "two"), USAGE, "argument --threads: 'two' is not"),
     "--log-level loud": Row(("info", str(DIGITS), "--log-level", "loud"), USAGE, "argument --log-level"),
     "-d bad request": Row(("info", str(DIGITS), "-d", "warp-drive"), USAGE, "cannot parse device request 'warp-drive'"),
-    "-d bad second request": Row(("info", str(DIGITS), "-d", "cpu", "-d", "litert:npu"), USAGE, "'litert:npu'"),
+    "-d bad second request": Row(("info", str(DIGITS), "-d", "cpu", "-d", "litert:tpu"), USAGE, "'litert:tpu'"),
     "--openvino-plugin without =": Row(
         ("info", str(DIGITS), "--openvino-plugin", "FPGA"), USAGE, "--openvino-plugin takes NAME=PATH"
     ),

@@ -49,6 +49,7 @@ def reasons(sel: er.Selection) -> dict[str, str]:
         ("litert:edgetpu:usb:0", "litert", None, "edgetpu", (("device", "usb:0"),), ()),
         ("litert:edgetpu:pci", "litert", None, "edgetpu", (("device", "pci"),), ()),
         ("litert:gpu", "litert", None, "gpu", (), ()),
+        ("litert:npu", "litert", None, "npu", (), ()),
         ("litert:vx", "litert", None, "vx", (), ()),
         ("litert:delegate=/opt/x/libd.so", "litert", None, "delegate", (("library", "/opt/x/libd.so"),), ()),
         (
@@ -86,7 +87,7 @@ def test_parse_request(
         ("tpu0", "expected 'auto', a kind"),
         ("cuda:0", "expected 'auto', a kind"),
         ("litert:", "unknown LiteRT device ''"),
-        ("litert:npu", "unknown LiteRT device 'npu'"),
+        ("litert:tpu", "unknown LiteRT device 'tpu'"),
         ("litert:edgetpu:wifi", "cannot parse Edge TPU request"),
         ("litert:edgetpu:usb:x", "cannot parse Edge TPU request"),
         ("litert:delegate=", "names no library path"),

@@ -152,7 +152,7 @@ def test_openvino_ir_rejected_by_litert_request(ir_model: Path) -> None:
 
 def test_onnx_qdq_model(onnx_model: tuple[Path, np.ndarray[Any, Any]]) -> None:
     path, w = onnx_model
-    with er.load_model(path) as model:
+    with er.load_model(path, "openvino:CPU") as model:
         assert model.format == "onnx" and model.device == "openvino:CPU"
         (spec,), (out,) = model.inputs, model.outputs
         assert spec.shape == (1, 4), "dynamic batch is reshaped to 1"
@@ -226,9 +226,11 @@ def test_onnx_with_external_data_loads(tmp_path: Path, onnx_model: tuple[Path, n
         size_threshold=0,
     )
     assert (tmp_path / "weights.data").is_file()
-    with er.load_model(out) as m, er.load_model(path) as ref:
-        x = np.array([[1, 2, 3, 4]], np.int8)
-        np.testing.assert_array_equal(m.infer_raw(x)[0], ref.infer_raw(x)[0])
+    x = np.array([[1, 2, 3, 4]], np.int8)
+    for device in [b for b in ("onnxruntime:CPU", "openvino:CPU") if backend_available(b.split(":")[0])]:
+        with er.load_model(out, device) as m, er.load_model(path, device) as ref:
+            assert not m.attempts, "loaded on the device asked for, with no refusal before it"
+            np.testing.assert_array_equal(m.infer_raw(x)[0], ref.infer_raw(x)[0])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

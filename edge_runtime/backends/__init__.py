@@ -13,11 +13,13 @@ from ..errors import BackendUnavailableError
 
 LITERT = "litert"
 OPENVINO = "openvino"
+ONNXRUNTIME = "onnxruntime"
 
 #: Backend name -> module path. The name is also the device-request prefix and log label.
 REGISTRY: dict[str, str] = {
     LITERT: "edge_runtime.backends.litert",
     OPENVINO: "edge_runtime.backends.openvino",
+    ONNXRUNTIME: "edge_runtime.backends.onnxrt",
 }
 
 _failures: dict[str, str] = {}

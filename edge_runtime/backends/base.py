@@ -44,8 +44,16 @@ class Session(ABC):
     capabilities: Capabilities = Capabilities()
     #: Number of operators in the model as this backend sees it (None: unknown).
     op_count: int | None = None
-    #: Where the model really runs (OpenVINO's EXECUTION_DEVICES, e.g. for AUTO); () if unknown.
+    #: Where the model really runs, as device requests (OpenVINO's EXECUTION_DEVICES, e.g. for
+    #: AUTO; the providers ONNX Runtime gave nodes to; LiteRT's accelerator and the CPU); () if unknown.
     execution_devices: tuple[str, ...] = ()
+    #: True when every op runs on the device asked for, False when some run elsewhere (the CPU
+    #: behind a GPU provider or accelerator, a model not compiled for the Edge TPU), None when the
+    #: backend cannot tell.
+    fully_accelerated: bool | None = None
+    #: One line a person reads on where the ops run ("all 31 nodes on CUDA", "12 of 15 nodes on
+    #: TensorRT; 3 on CPU"); "" when unknown.
+    placement: str = ""
     #: The compiled-model cache on this load: "hit", "miss", "off" (no ``cache_dir``, or a backend
     #: that compiles nothing), or "openvino" (handed to OpenVINO's own ``CACHE_DIR``).
     compile_cache: str = "off"

@@ -264,6 +264,8 @@ class IsolatedSession(Session):
                 self.outputs = info["outputs"]
                 self.op_count = info["op_count"]
                 self.execution_devices = info["execution_devices"]
+                self.fully_accelerated = info.get("fully_accelerated")
+                self.placement = info.get("placement", "")
                 self.compile_cache = info.get("compile_cache", "off")
                 self.device = info["device"]
             elif (info["inputs"], info["outputs"]) != (self.inputs, self.outputs):

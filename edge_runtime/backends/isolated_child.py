@@ -120,6 +120,8 @@ def main(argv: list[str]) -> int:
                 "outputs": session.outputs,
                 "op_count": session.op_count,
                 "execution_devices": session.execution_devices,
+                "fully_accelerated": session.fully_accelerated,
+                "placement": session.placement,
                 "compile_cache": session.compile_cache,
                 "device": session.device,
             },

@@ -43,9 +43,10 @@ _MODULES = (
 )
 
 #: Delegates looked for by ``probe_devices``: name -> (kind, full name, library, install hint).
+#: ``litert:gpu`` and ``litert:npu`` are not delegates: they go through LiteRT's CompiledModel
+#: (``litert_compiled``); a hand-built TFLite GPU delegate is still ``litert:delegate=PATH``.
 DELEGATES: dict[str, tuple[str, str, str, str]] = {
     "edgetpu": ("tpu", "Coral Edge TPU", "libedgetpu.so.1", "install libedgetpu1-std (Coral apt repository)"),
-    "gpu": ("gpu", "TFLite GPU delegate (OpenCL/OpenGL)", "libtensorflowlite_gpu_delegate.so", "build it from LiteRT"),
     "vx": ("npu", "VeriSilicon VX NPU delegate", "libvx_delegate.so", "part of NXP's i.MX BSP (tflite-vx-delegate)"),
 }
 _LIB_DIRS = (
@@ -207,8 +208,12 @@ def _cpu_name() -> str:
 
 
 def probe_devices(names: Collection[str] | None = None) -> list[Device]:
-    """The CPU (always) and the delegates in ``names`` (default: every known one), found or
-    not (with the reason). Looks for library files only: no process is spawned."""
+    """The CPU (always), the delegates in ``names`` (default: every known one) and the
+    CompiledModel accelerators ``gpu`` and ``npu``, found or not (with the reason).
+
+    Delegates: library files are looked for; a found ``libedgetpu.so.1`` is asked for its
+    Edge TPUs in a child process (``edgetpu_probe``). ``gpu``: when a Vulkan driver is there,
+    a tiny model is compiled on it in a child process. Both are cached per process."""
     rt = _import_runtime()
     cpu = Device(
         NAME,
@@ -224,6 +229,10 @@ def probe_devices(names: Collection[str] | None = None) -> list[Device]:
         path = find_library(lib)
         if path is None:
             found.append(Device(NAME, name, kind, full, int8=True, available=False, reason=f"{lib} not found: {hint}"))
+        elif name == "edgetpu":
+            from .edgetpu_probe import edgetpu_device
+
+            found.append(edgetpu_device(path))
         else:
             found.append(
                 Device(
@@ -236,7 +245,22 @@ def probe_devices(names: Collection[str] | None = None) -> list[Device]:
                     reason="library found; the device itself is checked when a model loads",
                 )
             )
+    wanted = [n for n in ("gpu", "npu") if names is None or n in names]
+    if wanted:
+        found.extend(_compiled_devices(wanted, rt))
     return found
+
+
+def _compiled_devices(wanted: list[str], rt: Runtime) -> list[Device]:
+    """The ``gpu``/``npu`` records: through CompiledModel when the runtime is ai_edge_litert."""
+    if not rt.module.startswith("ai_edge_litert"):
+        from .litert_compiled import NO_COMPILED_MODEL
+
+        kinds = {"gpu": "LiteRT GPU accelerator (CompiledModel)", "npu": "LiteRT NPU accelerator (CompiledModel)"}
+        return [Device(NAME, n, n, kinds[n], available=False, reason=NO_COMPILED_MODEL) for n in wanted]
+    from .litert_compiled import probe_compiled
+
+    return probe_compiled(wanted)
 
 
 def _spec(detail: dict[str, Any]) -> TensorSpec:
@@ -296,7 +320,7 @@ def _missing_delegate_symbols(library: str) -> str:
 
 
 @contextmanager
-def native_stderr_to_log() -> Iterator[None]:
+def native_stderr_to_log() -> Iterator[list[str]]:
     """Route what the TFLite library writes to file descriptor 2 into the ``edge_runtime.litert`` log.
 
     The library prints ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`` on the
@@ -304,26 +328,31 @@ def native_stderr_to_log() -> Iterator[None]:
     lines become INFO records (shown with ``edge-runtime -v``), anything else a WARNING.
     While this runs (one ``allocate_tensors``), other writes to fd 2 from this process are
     held back and logged the same way.
+
+    Yields a list that, once the block has exited (normally or by an exception), holds the
+    lines captured, so a caller can put the library's own error lines into its message.
     """
+    captured: list[str] = []
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):  # no usable fd 2 (closed, or a sandbox): leave it alone
-        yield
+        yield captured
         return
     try:
         held = _held_file()
         try:
             os.dup2(held, 2)
             try:
-                yield
+                yield captured
             finally:
                 os.dup2(saved, 2)
                 os.lseek(held, 0, os.SEEK_SET)
                 chunks = []
                 while chunk := os.read(held, 65536):
                     chunks.append(chunk)
-                for line in b"".join(chunks).decode("utf-8", errors="replace").splitlines():
+                captured.extend(b"".join(chunks).decode("utf-8", errors="replace").splitlines())
+                for line in captured:
                     if line.startswith("INFO: "):
                         native_log.info("%s", line[6:])
                     elif line.strip():
@@ -393,6 +422,18 @@ class LiteRTSession(Session):
         self._out_idx = [int(d["index"]) for d in outs]
         self._where = where
         self.execution_devices = (self.device,)
+        if device.name == "cpu":
+            self.fully_accelerated, self.placement = True, f"all {self.op_count or '?'} ops on the CPU ({rt.module})"
+        elif device.name.split(":")[0] == "edgetpu":  # a model not compiled for it runs on the CPU
+            from .edgetpu_probe import edgetpu_placement
+
+            placed, why = edgetpu_placement(source.content, self.device)
+            if placed:  # () when the model's operators could not be read: placement unknown
+                self.execution_devices = placed
+                self.fully_accelerated = not why
+                self.placement = why or "every op inside the Edge TPU's custom op (compiled by edgetpu_compiler)"
+        else:  # an external delegate: TFLite does not say which ops it took
+            self.placement = f"delegate {device.name}: TFLite does not report which ops it took"
         # Kept for ``open_pool``: each worker's interpreter is made from the same bytes and options.
         self._content = source.content
         self._num_threads = num_threads
@@ -544,5 +585,11 @@ def open_session(
     source: ModelSource, device: Device, *, num_threads: int | None = None, batch: int = 1, **_: Any
 ) -> Session:
     """Load ``source`` on ``device`` (a LiteRT ``Device``); raise ``ModelLoadError`` on failure.
-    ``batch``: samples per call (every input's first dimension resized to it)."""
+    ``batch``: samples per call (every input's first dimension resized to it). ``gpu`` and
+    ``npu`` go through CompiledModel (``litert_compiled.CompiledSession``), the rest through
+    the Interpreter."""
+    if device.name in ("gpu", "npu"):
+        from .litert_compiled import open_compiled
+
+        return open_compiled(source, device, num_threads=num_threads, batch=batch)
     return LiteRTSession(source, device, num_threads=num_threads, batch=batch)

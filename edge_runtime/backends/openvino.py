@@ -612,6 +612,21 @@ def _compile_props(
 
 
 @functools.cache
+def ov_placement(target: str, execution_devices: tuple[str, ...]) -> tuple[bool | None, str]:
+    """Whether one device runs the whole model, and a line a person reads, from OpenVINO's
+    ``EXECUTION_DEVICES`` for a compile on ``target`` (pure). OpenVINO splits a model over
+    devices only under HETERO (by op support) or MULTI (by request); AUTO may run on the CPU
+    while the device it chose is still compiling."""
+    if not execution_devices:
+        return None, ""
+    devices = ", ".join(execution_devices)
+    if len(execution_devices) == 1:
+        return True, f"all ops on {devices} (OpenVINO EXECUTION_DEVICES)"
+    meta = target.split(":")[0]
+    how = {"HETERO": "split by op support", "MULTI": "requests spread", "AUTO": "AUTO is using"}.get(meta, "on")
+    return False, f"{how} over {devices} (OpenVINO EXECUTION_DEVICES)"
+
+
 def infer_call() -> Callable[[Any], object]:
     """How to run an infer request on the inputs already in its tensors (GIL released).
 
@@ -696,6 +711,7 @@ class OpenVINOSession(Session):
                 self.execution_devices = tuple(str(d) for d in self._compiled.get_property("EXECUTION_DEVICES"))
             except RuntimeError:
                 self.execution_devices = (target,)
+        self.fully_accelerated, self.placement = ov_placement(target, self.execution_devices)
         try:
             self._request = self._compiled.create_infer_request()
             self._infer = infer_call()

@@ -960,14 +960,16 @@ class Service:
                 rollback(self.config.model_store)
             except EdgeRuntimeError as exc:
                 log.error("edge_runtime: update %s: rollback failed: %s", entry.name, why(exc))
-        self.updates["failed"] += 1
-        self.update_error = f"{entry.name}: {reason}"
-        if self.metrics is not None:
-            self.metrics.updates.labels("failed").inc()
+        # Moved first, counted after: a watcher that sees the count in /healthz finds the entry
+        # and its reason in rejected/ already.
         try:
             where = str(reject_entry(entry, reason))
         except EdgeRuntimeError as exc:
             where = f"not moved: {why(exc)}"
+        self.updates["failed"] += 1
+        self.update_error = f"{entry.name}: {reason}"
+        if self.metrics is not None:
+            self.metrics.updates.labels("failed").inc()
         log.error("edge_runtime: update %s refused, the current release serves: %s (%s)", entry.name, reason, where)
         return False
 
