@@ -11,6 +11,11 @@ shared machine hits every variant alike), the median latency of:
   openvino min    np.copyto(input_tensor.data, x); request.infer(); output.data.copy()
   openvino raw    Model.infer_raw on openvino:CPU
   openvino infer  Model.infer
+  onnxruntime bare   onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"]);
+                     sess.run(None, {name: x})   (the .onnx converted from the .tflite by
+                     scripts/tflite_to_onnx.py into a temporary directory)
+  onnxruntime raw    Model.infer_raw on onnxruntime:CPU (what ``edge-runtime bench`` times)
+  onnxruntime infer  Model.infer
 
 Target: infer_raw p50 within 1.05x of the bare loop of the same backend on
 models whose bare call takes >= 50 us, and at most 3 us more on smaller ones.
@@ -25,6 +30,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +40,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import edge_runtime as er  # noqa: E402
 from edge_runtime.backends.litert import _import_runtime  # noqa: E402
@@ -94,6 +101,50 @@ def variants(path: Path, threads: int) -> tuple[dict[str, Callable[[], object]],
     }, [lm, om]
 
 
+def onnx_variants(
+    onnx_path: Path, threads: int | None
+) -> tuple[dict[str, Callable[[], object]], list[er.Model]]:
+    """ONNX Runtime on the CPU: the bare loop (``InferenceSession(path,
+    providers=["CPUExecutionProvider"])`` and ``sess.run(None, {name: x})``), ``Model.infer_raw``
+    on ``onnxruntime:CPU`` (the call ``edge-runtime bench`` times) and ``Model.infer``, both
+    sessions with the same threads (``None``: ONNX Runtime's defaults for both; ``N``:
+    ``intra_op_num_threads = N``, ``inter_op_num_threads = 1`` for both, as the backend sets)."""
+    import onnxruntime as ort
+
+    om = er.load_model(onnx_path, "onnxruntime:CPU", threads=threads)
+    spec = om.inputs[0]
+    xq = er.tensors.random_tensor(spec, 0)
+    xf = er.dequantize(xq, spec)
+    so = ort.SessionOptions()
+    if threads is not None:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def onnxruntime_bare() -> object:
+        return sess.run(None, {name: xq})
+
+    onnxruntime_bare.keep = sess  # type: ignore[attr-defined]
+    return {
+        "onnxruntime bare": onnxruntime_bare,
+        "onnxruntime raw": lambda: om.infer_raw(xq),
+        "onnxruntime infer": lambda: om.infer(xf),
+    }, [om]
+
+
+def to_onnx(path: Path, folder: Path) -> Path | None:
+    """``path`` (.tflite) converted by ``scripts/tflite_to_onnx.py`` into ``folder``; ``None``
+    (with a line on stderr) when it cannot be converted."""
+    import tflite_to_onnx
+
+    try:
+        return tflite_to_onnx.convert_file(path, folder / f"{path.stem}.onnx")
+    except (ValueError, OSError) as exc:
+        print(f"note: {path.name}: no ONNX model ({exc}); ONNX Runtime skipped", file=sys.stderr)
+        return None
+
+
 def measure(fns: dict[str, Callable[[], object]], runs: int, rounds: int) -> dict[str, float]:
     per = max(1, runs // rounds)
     samples: dict[str, list[int]] = {k: [] for k in fns}
@@ -124,20 +175,32 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
     ap.add_argument("--threads", type=int, default=1, help="inference threads for every variant (default 1)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument(
+        "--no-onnxruntime", action="store_true", help="leave out the ONNX Runtime variants (default: in when installed)"
+    )
     args = ap.parse_args()
 
     results: list[dict[str, Any]] = []
     ok_all = True
+    onnx_dir = tempfile.TemporaryDirectory(prefix="bench_overhead-")
+    with_ort = er.backends.get_backend("onnxruntime").unavailable_reason() is None and not args.no_onnxruntime
     for path in args.models or default_models():
         print(f"measuring {path.name} ...", file=sys.stderr, flush=True)
         fns, models = variants(path, args.threads)
+        onnx = to_onnx(path, Path(onnx_dir.name)) if with_ort else None
+        if onnx is not None:
+            ort_fns, ort_models = onnx_variants(onnx, args.threads)
+            fns.update(ort_fns)
+            models += ort_models
         try:
             med = measure(fns, args.runs, args.rounds)
         finally:
             for m in models:
                 m.close()
         row: dict[str, Any] = {"model": path.name, "p50_us": {k: round(v, 2) for k, v in med.items()}}
-        for backend in ("litert", "openvino"):
+        for backend in ("litert", "openvino", "onnxruntime"):
+            if f"{backend} raw" not in med:
+                continue
             text, ok = verdict(med[f"{backend} bare"], med[f"{backend} raw"])
             row[f"{backend}_raw_vs_bare"] = text
             row[f"{backend}_ok"] = ok
@@ -153,7 +216,9 @@ def main() -> int:
         "runs": args.runs,
         "litert": er.backends.get_backend("litert").runtime_info(),
         "openvino": er.backends.get_backend("openvino").runtime_info()["version"],
+        "onnxruntime": er.backends.get_backend("onnxruntime").runtime_info()["version"] if with_ort else None,
     }
+    onnx_dir.cleanup()
     if args.json:
         print(json.dumps({"meta": meta, "results": results, "all_targets_met": ok_all}, indent=2))
         return 0 if ok_all else 1
@@ -170,6 +235,7 @@ def main() -> int:
         print(
             f"{r['model']:32s} litert raw vs bare: {r['litert_raw_vs_bare']:28s} "
             f"openvino raw vs bare: {r['openvino_raw_vs_bare']}  (raw/min {r['openvino_raw_vs_min']})"
+            + (f"  onnxruntime raw vs bare: {r['onnxruntime_raw_vs_bare']}" if "onnxruntime_ok" in r else "")
         )
     print(f"\nall targets met: {ok_all}")
     return 0 if ok_all else 1

@@ -219,3 +219,27 @@ def test_isolated_load_reports_the_same_placement() -> None:
         x = random_input(model.inputs[0], 0)
         with er.load_model(DIGITS_ONNX, "onnxruntime:CPU") as plain:
             np.testing.assert_array_equal(model.infer_raw(x)[0], plain.infer_raw(x)[0])
+
+
+def test_placement_from_a_real_profile(tmp_path: Path) -> None:
+    """Older builds (no graph assignment record) report placement from one run's profile:
+    ``profile_placement`` over a profile ONNX Runtime really wrote, and over a GPU table."""
+    from edge_runtime.backends.onnxrt import profile_placement
+
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = str(tmp_path / "p")
+    sess = ort.InferenceSession(str(DIGITS_ONNX), so, providers=["CPUExecutionProvider"])
+    for _ in range(2):  # the same node twice counts once
+        sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 8, 8, 1), np.int8)})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    counts = profile_placement(events)
+    assert set(counts) == {"CPUExecutionProvider"} and counts["CPUExecutionProvider"] >= 3
+    gpu = [
+        {"cat": "Node", "name": "conv_kernel_time", "args": {"provider": "CUDAExecutionProvider"}},
+        {"cat": "Node", "name": "conv_fence_before", "args": {"provider": "CUDAExecutionProvider"}},
+        {"cat": "Node", "name": "q_kernel_time", "args": {"provider": "CPUExecutionProvider"}},
+        {"cat": "Session", "name": "model_run"},
+    ]
+    assert profile_placement(gpu) == {"CUDAExecutionProvider": 1, "CPUExecutionProvider": 1}
+    assert profile_placement({"not": "a list"}) == {}

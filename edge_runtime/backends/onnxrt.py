@@ -21,10 +21,13 @@ The ``onnxruntime`` package is optional: ``pip install 'edge-runtime[onnxruntime
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import re
+import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Collection
 from pathlib import Path
@@ -263,6 +266,13 @@ class OnnxRuntimeSession(Session):
         so = ort.SessionOptions()
         so.log_severity_level = _ERROR_SEVERITY
         so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        profile = None
+        if provider != "CPUExecutionProvider" and not hasattr(
+            ort.InferenceSession, "get_provider_graph_assignment_info"
+        ):
+            profile = tempfile.mkdtemp(prefix="edge_runtime-ort-profile-")  # older builds: read one run's profile
+            so.enable_profiling = True
+            so.profile_file_prefix = str(Path(profile) / "placement")
         # Loaded from the checked bytes, not the path: external weights are found beside the file.
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(source.path.parent))
         if num_threads is not None:
@@ -317,7 +327,11 @@ class OnnxRuntimeSession(Session):
         except ModelLoadError:
             self._sess = None
             raise
-        self._placement(provider)
+        try:
+            self._placement(provider, profile)
+        finally:
+            if profile is not None:
+                shutil.rmtree(profile, ignore_errors=True)
         self._num_threads = num_threads
         self._so = so
         self._content = source.content
@@ -414,14 +428,19 @@ class OnnxRuntimeSession(Session):
     def _int_quant(q: Quantization | None, dtype: np.dtype[Any]) -> Quantization | None:
         return q if q is not None and np.issubdtype(dtype, np.integer) else None
 
-    def _placement(self, provider: str) -> None:
+    def _placement(self, provider: str, profile: str | None) -> None:
+        """Where ONNX Runtime put the nodes: its graph assignment record (>= 1.31), else, for a
+        provider other than the CPU, the profile of one run on zeros (``profile``: the folder the
+        session profiles into; older builds)."""
         counts: dict[str, int] = {}
         reader = getattr(self._sess, "get_provider_graph_assignment_info", None)
         try:
             for sub in reader() if reader is not None else ():
                 counts[str(sub.ep_name)] = counts.get(str(sub.ep_name), 0) + len(sub.get_nodes())
-        except Exception:  # noqa: BLE001 - older builds cannot record it: placement stays unknown
+        except Exception:  # noqa: BLE001 - a build that cannot record it: the profile, or unknown
             counts = {}
+        if not counts and profile is not None:
+            counts = self._profiled_placement()
         full, line = placement(provider, counts)
         if not counts and provider == "CPUExecutionProvider":
             full, line = True, "every node on CPU (the only provider)"
@@ -429,6 +448,23 @@ class OnnxRuntimeSession(Session):
         self.placement = line
         used = [p for p in dict.fromkeys((provider, *counts)) if counts.get(p, 0) or (not counts and p == provider)]
         self.execution_devices = tuple(f"{NAME}:{short_name(p)}" for p in used)
+
+    def _profiled_placement(self) -> dict[str, int]:
+        """Nodes per provider from ONNX Runtime's profile of one run (its ``Node`` events carry
+        the provider); {} when the run or the profile fails. Profiling stops at ``end_profiling``;
+        the profile file is removed."""
+        try:
+            self._sess.run(None, dict(zip(self._in_names, self._in_buffers)))
+        except Exception:  # noqa: BLE001 - placement is a report: unknown rather than a failed load
+            return {}
+        finally:
+            path = Path(self._sess.end_profiling())
+        try:
+            return profile_placement(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return {}
+        finally:
+            path.unlink(missing_ok=True)
 
     def _closed(self) -> ModelClosedError:
         return ModelClosedError("model is closed", path=self._where, backend=NAME, device=self.device)
@@ -507,6 +543,27 @@ class OnnxRuntimeSession(Session):
 
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : (\w+) : ")
 _CXX_WHERE = re.compile(r"^\S+\.(?:cc|cpp|h):\d+ .*?\) (?=\S)")
+
+
+_PROFILE_SUFFIX = re.compile(r"_(kernel_time|fence_before|fence_after)$")
+
+
+def profile_placement(events: Any) -> dict[str, int]:
+    """Distinct nodes per provider in an ONNX Runtime profile (the JSON list ``end_profiling``
+    writes: ``Node`` events name the node and, in ``args.provider``, where it ran). Pure."""
+    seen: dict[str, str] = {}
+    for event in events if isinstance(events, list) else ():
+        if not isinstance(event, dict) or event.get("cat") != "Node":
+            continue
+        args = event.get("args")
+        provider = args.get("provider") if isinstance(args, dict) else None
+        name = _PROFILE_SUFFIX.sub("", str(event.get("name", "")))
+        if provider and name:
+            seen[name] = str(provider)
+    counts: dict[str, int] = {}
+    for provider in seen.values():
+        counts[provider] = counts.get(provider, 0) + 1
+    return counts
 
 
 def _first_line(exc: BaseException) -> str:
