@@ -41,8 +41,9 @@ log = logging.getLogger("edge_runtime")
 
 DEVICE_HELP = (
     "device request, repeatable (tried in order): auto, cpu, gpu, npu, tpu, fpga, litert:cpu, "
-    "litert:edgetpu[:usb|pci[:N]], litert:gpu, litert:vx, litert:delegate=/path/lib.so[;key=value], "
-    "openvino:CPU, openvino:GPU.0, openvino:NPU, openvino:AUTO:NPU,CPU, openvino:HETERO:FPGA,CPU "
+    "litert:gpu, litert:npu, litert:edgetpu[:usb|pci[:N]], litert:vx, litert:delegate=/path/lib.so[;key=value], "
+    "openvino:CPU, openvino:GPU.0, openvino:NPU, openvino:AUTO:NPU,CPU, openvino:HETERO:FPGA,CPU, "
+    "onnxruntime:CPU, onnxruntime:CUDA[;device_id=N], onnxruntime:TensorRT, onnxruntime:<provider> "
     "(default: auto)"
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -101,9 +101,7 @@ def variants(path: Path, threads: int) -> tuple[dict[str, Callable[[], object]],
     }, [lm, om]
 
 
-def onnx_variants(
-    onnx_path: Path, threads: int | None
-) -> tuple[dict[str, Callable[[], object]], list[er.Model]]:
+def onnx_variants(onnx_path: Path, threads: int | None) -> tuple[dict[str, Callable[[], object]], list[er.Model]]:
     """ONNX Runtime on the CPU: the bare loop (``InferenceSession(path,
     providers=["CPUExecutionProvider"])`` and ``sess.run(None, {name: x})``), ``Model.infer_raw``
     on ``onnxruntime:CPU`` (the call ``edge-runtime bench`` times) and ``Model.infer``, both
@@ -131,6 +129,16 @@ def onnx_variants(
         "onnxruntime raw": lambda: om.infer_raw(xq),
         "onnxruntime infer": lambda: om.infer(xf),
     }, [om]
+
+
+def ort_available() -> bool:
+    """ONNX Runtime installed (its backend importable)?"""
+    try:
+        er.backends.get_backend("onnxruntime")
+    except er.errors.BackendUnavailableError as exc:
+        print(f"note: ONNX Runtime skipped: {exc.reason}", file=sys.stderr)
+        return False
+    return True
 
 
 def to_onnx(path: Path, folder: Path) -> Path | None:
@@ -183,7 +191,7 @@ def main() -> int:
     results: list[dict[str, Any]] = []
     ok_all = True
     onnx_dir = tempfile.TemporaryDirectory(prefix="bench_overhead-")
-    with_ort = er.backends.get_backend("onnxruntime").unavailable_reason() is None and not args.no_onnxruntime
+    with_ort = ort_available() and not args.no_onnxruntime
     for path in args.models or default_models():
         print(f"measuring {path.name} ...", file=sys.stderr, flush=True)
         fns, models = variants(path, args.threads)

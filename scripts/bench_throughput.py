@@ -1,17 +1,21 @@
-"""Throughput of ``submit`` against sequential calls, on LiteRT and OpenVINO.
+"""Throughput of ``submit`` against sequential calls, on LiteRT, OpenVINO and ONNX Runtime (CPU).
 
 For each model (the shipped ``models/*.tflite`` and the MLPerf Tiny models in
-``../shared/models/mlperf_tiny``, skipped when absent) and each backend it measures, in
-inferences per second:
+``../shared/models/mlperf_tiny``, skipped when absent) and each backend (``litert:cpu``,
+``openvino:CPU``, ``onnxruntime:CPU``; ONNX Runtime runs the ``.onnx`` that
+``scripts/tflite_to_onnx.py`` converts the ``.tflite`` into, in a temporary directory) it
+measures, in inferences per second:
 
 - ``seq``: sequential ``infer_raw`` calls on a one-thread model (the single-stream rate);
 - ``submit xN``: ``submit`` with N requests in flight (LiteRT: the default pool, cores //
-  threads interpreters of one thread; OpenVINO: N worker threads on infer requests of their
+  threads interpreters of one thread; ONNX Runtime: the default pool, cores // threads worker
+  threads calling one one-thread session; OpenVINO: N worker threads on infer requests of their
   own); on OpenVINO, with the
   ``LATENCY`` hint and with the ``THROUGHPUT`` hint (and CPU pinning off, as that hint sets it);
 - ``batched bB wW tT dD``: four stream threads, each sending one sample at a time and keeping
   ``D`` pending (replacing each result, in order, by a new sample) to one ``DynamicBatcher`` with
-  ``max_batch=B``, ``workers=W`` models per size and ``T`` threads each (``max_wait_us=2000``);
+  ``max_batch=B``, ``workers=W`` models per size and ``T`` threads each (``max_wait_us=2000``;
+  a model with a fixed batch of 1, as the converted ``.onnx`` files are, says so in one row);
 - ``ceiling``: no ``submit``: one thread per core, each looping ``infer_raw`` on a model of its
   own (what the hardware and the GIL allow; the gap to ``submit`` is the hand-off's cost).
 
@@ -23,7 +27,7 @@ sequential rate on models of >= 50 us per inference, on both backends", is check
 best 4-stream case of each backend and printed as met or not met (the ``batched`` cases say
 how many windows each stream keeps pending: ``dD``).
 
-    .venv/bin/python scripts/bench_throughput.py [--passes 5] [--seconds 1.0] [--json out.json]
+    .venv/bin/python scripts/bench_throughput.py [--passes 5] [--seconds 1.0] [--backend onnxruntime] [--json out.json]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -47,6 +52,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import edge_runtime as er  # noqa: E402
 from edge_runtime.batching import DynamicBatcher  # noqa: E402
@@ -54,7 +60,7 @@ from edge_runtime.futures import available_cores  # noqa: E402
 from edge_runtime.tensors import random_tensor  # noqa: E402
 
 MLPERF = ROOT.parent / "shared" / "models" / "mlperf_tiny"
-DEVICE = {"litert": "litert:cpu", "openvino": "openvino:CPU"}
+DEVICE = {"litert": "litert:cpu", "openvino": "openvino:CPU", "onnxruntime": "onnxruntime:CPU"}
 TARGET_RATIO = 1.8
 TARGET_MIN_US = 50.0
 TARGET_IN_FLIGHT = 4
@@ -181,18 +187,18 @@ def run_case(path: Path, backend: str, case: str, args: argparse.Namespace) -> d
     if kind == "submit":
         hint, n = params[0], int(params[1])
         opts: dict[str, Any] = {"sidecar": False}
-        if backend == "litert":
+        if backend != "openvino":
             opts["threads"] = 1
         else:  # THROUGHPUT picks its own streams and threads; LATENCY gets one thread, as seq
             opts["performance_hint"] = hint
             if hint == "LATENCY":
                 opts["threads"] = 1
         with er.load_model(path, DEVICE[backend], **opts) as m:
-            # LiteRT: the default pool (cores // threads interpreters), n requests in flight;
+            # LiteRT / ONNX Runtime: the default pool (cores // threads workers), n requests in flight;
             # OpenVINO: n worker threads on infer requests of their own (its streams bound the parallelism).
-            pool = m.start_workers(None if backend == "litert" else n)
+            pool = m.start_workers(None if backend != "openvino" else n)
             r, spread = rate(submitting(m, x, n), args.seconds, args.passes)
-            threads = f"{pool.workers} x 1" if backend == "litert" else ov_threads(m)
+            threads = f"{pool.workers} x 1" if backend != "openvino" else ov_threads(m)
         return {
             "case": f"submit {hint}".strip(),
             "in_flight": n,
@@ -237,12 +243,21 @@ def run_case(path: Path, backend: str, case: str, args: argparse.Namespace) -> d
     return {"case": "ceiling (no submit)", "in_flight": n, "rate": r, "spread": spread, "threads": f"{n} x 1"}
 
 
-def bench_model(path: Path, backend: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+def bench_model(path: Path, backend: str, args: argparse.Namespace, onnx_dir: Path) -> list[dict[str, Any]]:
     """Every case of one model on ``backend``, each in a fresh process (OpenVINO's thread pinning
-    and arenas, once set up by one case, would change the next case's figures)."""
+    and arenas, once set up by one case, would change the next case's figures). ONNX Runtime:
+    the ``.onnx`` converted from ``path`` into ``onnx_dir``."""
     rows: list[dict[str, Any]] = []
+    where = path
+    if backend == "onnxruntime":
+        import tflite_to_onnx
+
+        try:
+            where = tflite_to_onnx.convert_file(path, onnx_dir / f"{path.stem}.onnx")
+        except (ValueError, OSError) as exc:
+            raise er.errors.ModelLoadError(f"no ONNX model: {exc}", path=str(path), backend=backend) from exc
     for case in case_names(backend):
-        cmd = [sys.executable, __file__, "--one", str(path), backend, case]
+        cmd = [sys.executable, __file__, "--one", str(where), backend, case]
         cmd += ["--passes", str(args.passes), "--seconds", str(args.seconds)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
@@ -256,11 +271,18 @@ def bench_model(path: Path, backend: str, args: argparse.Namespace) -> list[dict
     return rows
 
 
+def version(backend: str) -> str:
+    try:
+        return str(er.backends.get_backend(backend).runtime_info().get("version"))
+    except er.errors.BackendUnavailableError as exc:
+        return f"(unavailable: {exc.reason})"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--passes", type=int, default=5, help="timed passes per case; the median is reported (default 5)")
     ap.add_argument("--seconds", type=float, default=1.0, help="length of one pass, seconds")
-    ap.add_argument("--backend", action="append", choices=sorted(DEVICE), help="default: both")
+    ap.add_argument("--backend", action="append", choices=sorted(DEVICE), help="repeatable (default: all three)")
     ap.add_argument("--json", type=Path, help="also write every row here")
     ap.add_argument("--models", nargs="+", metavar="NAME", help="only models whose file name holds one of these")
     ap.add_argument("--one", nargs=3, metavar=("MODEL", "BACKEND", "CASE"), help=argparse.SUPPRESS)
@@ -278,27 +300,31 @@ def main() -> int:
         if not models:
             ap.error(f"no model matches --models {' '.join(args.models)}")
     backends = args.backend or sorted(DEVICE)
+    onnx_dir = tempfile.TemporaryDirectory(prefix="bench_throughput-")
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {platform.machine()}, {available_cores()} cores "
         f"(os.cpu_count()={os.cpu_count()}), loadavg {os.getloadavg()[0]:.2f}, "
         f"passes={args.passes} x {args.seconds:g} s, numpy {np.__version__}, edge_runtime {er.__version__}"
+        + "".join(f", {b} {version(b)}" for b in backends)
+        + ", threads per model as each case says"
     )
-    print(f"{'model':28} {'backend':8} {'case':22} {'fly':>3} {'inf/s':>9} {'spread':>7} {'ratio':>6}  threads")
+    print(f"{'model':28} {'backend':11} {'case':22} {'fly':>3} {'inf/s':>9} {'spread':>7} {'ratio':>6}  threads")
     rows: list[dict[str, Any]] = []
     for path in models:
         for backend in backends:
             try:
-                got = bench_model(path, backend, args)
+                got = bench_model(path, backend, args, Path(onnx_dir.name))
             except er.errors.EdgeRuntimeError as exc:
-                print(f"{path.name:28} {backend:8} skipped: {exc.reason}")
+                print(f"{path.name:28} {backend:11} skipped: {exc.reason}")
                 continue
             for r in got:
                 print(
-                    f"{r['model'][:28]:28} {r['backend']:8} {r['case']:22} {r['in_flight']:>3} "
+                    f"{r['model'][:28]:28} {r['backend']:11} {r['case']:22} {r['in_flight']:>3} "
                     f"{r['rate']:9.0f} {r['spread']:6.1f}% {r['ratio']:5.2f}x  {r['threads']}"
                     + (f"  (seq {r['seq_us']:.0f} us)" if r["case"].startswith("seq") else "")
                 )
             rows.extend(got)
+    onnx_dir.cleanup()
     print()
     print(
         f"# target: {TARGET_IN_FLIGHT} in flight >= {TARGET_RATIO}x the single-stream sequential rate, "
@@ -321,7 +347,8 @@ def main() -> int:
             )
             met = best["ratio"] >= TARGET_RATIO
             all_met &= met
-            print(f"{backend:8} {name:28} best x4: {best['ratio']:.2f}x ({best['case']}) {'met' if met else 'NOT MET'}")
+            verdict = "met" if met else "NOT MET"
+            print(f"{backend:11} {name:28} best x4: {best['ratio']:.2f}x ({best['case']}) {verdict}")
     print(f"# target {'met' if all_met else 'NOT MET'} overall")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

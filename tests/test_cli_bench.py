@@ -12,9 +12,11 @@ import pytest
 from conftest import MODELS, Cli, backend_available
 
 DIGITS = MODELS / "digits_cnn_int8.tflite"
+DIGITS_ONNX = MODELS / "digits_cnn_int8.onnx"  # a fixed batch of 1
 MOTIONS = MODELS / "basicmotions_int8.tflite"  # carries a batch dimension through (--batch)
 needs_litert = pytest.mark.skipif(not backend_available("litert"), reason="litert not installed")
 needs_openvino = pytest.mark.skipif(not backend_available("openvino"), reason="openvino not installed")
+needs_onnxruntime = pytest.mark.skipif(not backend_available("onnxruntime"), reason="onnxruntime not installed")
 
 LATENCY_KEYS = {"min_us", "p50_us", "p90_us", "p99_us", "mean_us", "runs", "throughput_per_s"}
 COMMON_KEYS = {
@@ -137,6 +139,42 @@ def test_openvino_throughput(cli: Cli) -> None:
     d = bench_json(cli, DIGITS, "-d", "openvino:CPU", "--mode", "throughput", "--streams", "2", "--runs", "30",
                    "--warmup", "3")  # fmt: skip
     assert d["device"] == "openvino:CPU" and d["requests"] == 30
+
+
+@needs_onnxruntime
+@pytest.mark.parametrize("threads", [(), ("--threads", "1")])
+def test_onnxruntime_latency(cli: Cli, threads: tuple[str, ...]) -> None:
+    d = bench_json(cli, DIGITS_ONNX, "-d", "onnxruntime:CPU", *threads, "--runs", "30", "--warmup", "3")
+    assert COMMON_KEYS | LATENCY_KEYS | {"samples_per_s"} <= set(d)
+    assert d["backend"] == "onnxruntime" and d["device"] == "onnxruntime:CPU"
+    assert d["mode"] == "latency" and d["call"] == "Model.infer_raw" and d["batch"] == 1 and d["runs"] == 30
+    assert d["threads_used"] == (1 if threads else None)
+    assert d["init_ms"] > 0 and d["first_inference_ms"] > 0  # type: ignore[operator]
+    ordered(d)
+    out = cli("bench", DIGITS_ONNX, "-d", "onnxruntime:CPU", *threads, "--runs", "20", "--warmup", "2", "-q")
+    assert out.returncode == 0, out.stderr
+    assert "device:     onnxruntime:CPU" in out.stdout and "p50" in out.stdout and "inferences/s" in out.stdout
+
+
+@needs_onnxruntime
+def test_onnxruntime_throughput(cli: Cli) -> None:
+    d = bench_json(cli, DIGITS_ONNX, "-d", "onnxruntime:CPU", "--mode", "throughput", "--streams", "2", "--runs", "40",
+                   "--warmup", "4")  # fmt: skip
+    assert COMMON_KEYS | LATENCY_KEYS | {"streams", "requests", "samples", "samples_per_s", "workers"} <= set(d)
+    assert d["device"] == "onnxruntime:CPU" and d["call"] == "Model.submit" and d["streams"] == 2
+    assert d["requests"] == d["samples"] == d["runs"] == 40 and d["workers"] >= 1  # type: ignore[operator]
+    ordered(d)
+
+
+@needs_onnxruntime
+@pytest.mark.parametrize("mode", [("--mode", "latency"), ("--mode", "throughput", "--streams", "1"),
+                                  ("--mode", "throughput", "--streams", "4")])  # fmt: skip
+def test_onnxruntime_batch_on_a_fixed_batch_model_is_a_one_line_error(cli: Cli, mode: tuple[str, ...]) -> None:
+    out = cli("bench", DIGITS_ONNX, "-d", "onnxruntime:CPU", *mode, "--batch", "4", "--runs", "5", "-q")
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("edge-runtime: error: "), out.stderr
+    assert "fixed first dimension of 1" in out.stderr and "Traceback" not in out.stderr
+    assert out.stdout == ""
 
 
 def test_help_names_every_option_and_the_units(cli: Cli) -> None:

@@ -243,3 +243,13 @@ def test_placement_from_a_real_profile(tmp_path: Path) -> None:
     ]
     assert profile_placement(gpu) == {"CUDAExecutionProvider": 1, "CPUExecutionProvider": 1}
     assert profile_placement({"not": "a list"}) == {}
+
+
+@needs_openvino
+def test_auto_measure_times_onnxruntime_and_openvino(tmp_path: Path) -> None:
+    with er.load_model(DIGITS_ONNX, "auto:measure", measure_cache=tmp_path) as model:
+        measured = model.selection.measurement
+        assert measured is not None
+        requests = {t.request for t in measured.table if t.error is None}
+        assert {"onnxruntime:CPU", "openvino:CPU"} <= requests
+        assert model.device == measured.fastest.request

@@ -423,7 +423,7 @@ class LiteRTSession(Session):
         self._where = where
         self.execution_devices = (self.device,)
         if device.name == "cpu":
-            self.fully_accelerated, self.placement = True, f"all {self.op_count or '?'} ops on the CPU ({rt.module})"
+            self.fully_accelerated, self.placement = True, f"every op on the CPU ({rt.module})"
         elif device.name.split(":")[0] == "edgetpu":  # a model not compiled for it runs on the CPU
             from .edgetpu_probe import edgetpu_placement
 
