@@ -444,6 +444,20 @@ class CompiledSession(Session):
         else:
             self.execution_devices = (self.device, f"{NAME}:cpu")
             self.placement = partial_reason(self.device, self.fully_accelerated, self.op_count)
+        # One run at load, on zeros: LiteRT sets up its environment and accelerators on the first
+        # run (its INFO lines go to the edge_runtime.litert log, not the terminal), and a model
+        # that compiles but cannot run on the accelerator is refused here, so that ``load`` falls back.
+        try:
+            with native_stderr_to_log():
+                self.run([np.zeros(s.shape, s.dtype) for s in self.inputs])
+        except InferenceError as exc:
+            self.close()
+            raise ModelLoadError(
+                f"the compiled model failed its first run: {exc.reason}",
+                path=self._where,
+                backend=NAME,
+                device=self.device,
+            ) from exc
 
     def _closed(self) -> ModelClosedError:
         return ModelClosedError("model is closed", path=self._where, backend=NAME, device=self.device)
@@ -474,7 +488,8 @@ class CompiledSession(Session):
                 buf.destroy()
         self._in_bufs, self._out_bufs = [], []
         if self._model is not None:
-            self._model.close()
+            with native_stderr_to_log():  # LiteRT says what it destroys, at INFO
+                self._model.close()
         self._model = None
 
 

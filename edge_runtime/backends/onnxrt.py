@@ -439,6 +439,8 @@ class OnnxRuntimeSession(Session):
                 counts[str(sub.ep_name)] = counts.get(str(sub.ep_name), 0) + len(sub.get_nodes())
         except Exception:  # noqa: BLE001 - a build that cannot record it: the profile, or unknown
             counts = {}
+        if counts:  # the nodes ONNX Runtime runs, after its graph optimizations
+            self.op_count = sum(counts.values())
         if not counts and profile is not None:
             counts = self._profiled_placement()
         full, line = placement(provider, counts)
