@@ -219,8 +219,10 @@ def run_case(path: Path, backend: str, case: str, args: argparse.Namespace) -> d
                 threads=threads_each,
                 sidecar=False,
             )
-        except er.errors.ModelLoadError as exc:
-            return {"case": f"batched: {exc.reason}", "in_flight": 0, "rate": 0.0, "spread": 0.0, "threads": ""}
+        except er.errors.ModelLoadError as exc:  # e.g. a fixed batch of 1 (the converted .onnx files)
+            case = f"batched b{max_batch} w{workers} t{threads_each} d{depth}"
+            why = exc.reason.split("; tried: ")[-1]
+            return {"case": case, "in_flight": 0, "rate": 0.0, "spread": 0.0, "threads": f"not loadable: {why}"}
         with b:
             r, spread = rate(streams_into(b, x, TARGET_IN_FLIGHT, depth), args.seconds, args.passes)
         return {

@@ -223,3 +223,51 @@ def test_select_is_pure() -> None:
 def test_empty_request_list() -> None:
     with pytest.raises(er.DeviceRequestError, match="empty device request list"):
         select([], [CPU_LITERT], "tflite")
+
+
+# Whole machines this one is not, every backend at once: what `auto` tries for each format.
+LITERT_GPU = Device("litert", "gpu", "gpu", "LiteRT GPU accelerator (Vulkan)", None)
+LITERT_GPU_NO_VULKAN = Device(
+    "litert", "gpu", "gpu", "LiteRT GPU", None, False, "no GPU driver: libvulkan.so.1 not found"
+)
+LITERT_NPU = Device("litert", "npu", "npu", "LiteRT NPU (Intel dispatch)", True)
+LITERT_NPU_MISSING = Device("litert", "npu", "npu", "LiteRT NPU", True, False, "no NPU dispatch library")
+ORT_TRT = Device(
+    "onnxruntime", "TensorRT", "gpu", "TensorRT", True, options=(("provider", "TensorrtExecutionProvider"),)
+)
+ORT_CUDA = Device("onnxruntime", "CUDA", "gpu", "CUDA", True, options=(("provider", "CUDAExecutionProvider"),))
+ORT_CPU = Device("onnxruntime", "CPU", "cpu", "MLAS", True, options=(("provider", "CPUExecutionProvider"),))
+OV_ARM = Device("openvino", "CPU", "cpu", "ARM CPU", True, capabilities=("FP32", "INT8"))
+
+WHOLE_MACHINES = {
+    "Jetson Orin (JetPack 6, onnxruntime-gpu, Vulkan)": (
+        [CPU_LITERT, EDGETPU_MISSING, LITERT_GPU, LITERT_NPU_MISSING, OV_ARM, ORT_TRT, ORT_CUDA, ORT_CPU],
+        ["litert:gpu", "litert:cpu", "openvino:CPU"],
+        ["onnxruntime:TensorRT", "onnxruntime:CUDA", "onnxruntime:CPU", "openvino:CPU"],
+    ),
+    "Raspberry Pi 5 (Mesa v3dv Vulkan, plain onnxruntime)": (
+        [CPU_LITERT, EDGETPU_MISSING, LITERT_GPU, LITERT_NPU_MISSING, OV_ARM, ORT_CPU],
+        ["litert:gpu", "litert:cpu", "openvino:CPU"],
+        ["onnxruntime:CPU", "openvino:CPU"],
+    ),
+    "Raspberry Pi 4 with a Coral USB (no Vulkan driver)": (
+        [CPU_LITERT, EDGETPU, LITERT_GPU_NO_VULKAN, LITERT_NPU_MISSING, OV_ARM],
+        ["litert:edgetpu", "litert:cpu", "openvino:CPU"],
+        ["openvino:CPU"],
+    ),
+    "Intel Core Ultra box (NPU, Arc iGPU, onnxruntime CPU)": (
+        [CPU_LITERT, LITERT_GPU_NO_VULKAN, LITERT_NPU, NPU_OV, GPU0_OV, CPU_OV, ORT_CPU],
+        ["litert:npu", "openvino:NPU", "openvino:GPU.0", "litert:cpu", "openvino:CPU"],
+        ["openvino:NPU", "openvino:GPU.0", "onnxruntime:CPU", "openvino:CPU"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(WHOLE_MACHINES))
+def test_auto_on_whole_machines(name: str) -> None:
+    table, tflite, onnx = WHOLE_MACHINES[name]
+    assert [c.device.request for c in select("auto", table, "tflite").candidates] == tflite
+    assert [c.device.request for c in select("auto", table, "onnx").candidates] == onnx
+    # every device left out has its reason
+    for passed in select("auto", table, "onnx").passed_over:
+        assert passed.reason

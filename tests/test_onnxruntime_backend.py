@@ -253,3 +253,42 @@ def test_auto_measure_times_onnxruntime_and_openvino(tmp_path: Path) -> None:
         requests = {t.request for t in measured.table if t.error is None}
         assert {"onnxruntime:CPU", "openvino:CPU"} <= requests
         assert model.device == measured.fastest.request
+
+
+def test_qoperator_model_runs_with_its_quantization_read(tmp_path: Path) -> None:
+    """QOperator form (QLinearMatMul reading the int8 input directly): the input's and output's
+    scale and zero point are read from the op, and the result matches the arithmetic."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.array([[1, -2, 3], [4, 5, -6], [7, -8, 9], [-10, 11, 12]], np.int8)
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.array(0.05, np.float32), "xs"),
+        numpy_helper.from_array(np.array(3, np.int8), "xz"),
+        numpy_helper.from_array(np.array(0.02, np.float32), "ws"),
+        numpy_helper.from_array(np.array(0, np.int8), "wz"),
+        numpy_helper.from_array(np.array(0.1, np.float32), "ys"),
+        numpy_helper.from_array(np.array(-5, np.int8), "yz"),
+    ]
+    node = helper.make_node("QLinearMatMul", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"])
+    graph = helper.make_graph(
+        [node],
+        "qop",
+        [helper.make_tensor_value_info("x", TensorProto.INT8, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, [1, 3])],
+        inits,
+    )
+    model_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model_proto.ir_version = 8
+    path = tmp_path / "qop.onnx"
+    onnx.save(model_proto, str(path))
+    with er.load_model(path, "onnxruntime:CPU") as model:
+        assert model.inputs[0].quantization == er.Quantization((pytest.approx(0.05),), (3,))  # type: ignore[arg-type]
+        assert model.outputs[0].quantization == er.Quantization((pytest.approx(0.1),), (-5,))  # type: ignore[arg-type]
+        x = np.array([[10, -20, 30, 100]], np.int8)
+        real = ((x.astype(np.float32) - 3) * 0.05) @ (w.astype(np.float32) * 0.02)
+        expected = np.clip(np.rint(real / np.float32(0.1)) - 5, -128, 127).astype(np.int8)
+        got = model.infer_raw(x)[0]
+        assert np.max(np.abs(got.astype(int) - expected.astype(int))) <= 1  # requantization rounding
+        np.testing.assert_allclose(model.infer(x.astype(np.float32) * 0.05 - 0.15)[0], real, atol=0.1)
