@@ -22,8 +22,9 @@ ONNX = "onnx"
 #: Which backends can read each format, in the order ``auto`` tries them on a CPU.
 #: LiteRT comes first for .tflite: it runs TFLite's own kernels, and on this kind of
 #: model its Python call costs about half of OpenVINO's (see README, Performance). ONNX Runtime
-#: comes first for .onnx for the same reason (its call costs ~10 us against OpenVINO's ~30-100 us
-#: on the MLPerf Tiny models converted to ONNX: scripts/bench_table.py).
+#: comes first for .onnx: on the MLPerf Tiny models converted to int8 ONNX it ran KWS in 78 us,
+#: ResNet-8 in 170 and VWW in 298 against OpenVINO's 212, 274 and 704 on the same files (one
+#: thread, p50, 2026-11-30; AD01, fully connected only: 58 against 34). See README, Performance.
 READERS: dict[str, tuple[str, ...]] = {
     TFLITE: ("litert", "openvino"),
     OPENVINO_IR: ("openvino",),
