@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from .backends import LITERT, ONNXRUNTIME, OPENVINO, REGISTRY, get_backend
@@ -329,17 +329,7 @@ def _match_litert(req: DeviceRequest, devices: Sequence[Device]) -> Candidate | 
     if not found.available:
         return PassedOver(req.text, found.request, found.reason or "unavailable")
     if req.options:
-        found = Device(
-            found.backend,
-            found.name + ":" + dict(req.options)["device"],
-            found.kind,
-            found.full_name,
-            found.int8,
-            found.available,
-            found.reason,
-            found.capabilities,
-            found.options + req.options,
-        )
+        found = _with_options(found, found.name + ":" + dict(req.options)["device"], req.options)
     return Candidate(found, req.text, "named by request")
 
 
@@ -362,18 +352,14 @@ def _match_onnxruntime(req: DeviceRequest, devices: Sequence[Device]) -> Candida
         return PassedOver(req.text, found.request, found.reason or "unavailable")
     if req.options:
         suffix = ";".join(f"{k}={v}" for k, v in req.options)
-        found = Device(
-            found.backend,
-            f"{found.name};{suffix}",
-            found.kind,
-            found.full_name,
-            found.int8,
-            found.available,
-            found.reason,
-            found.capabilities,
-            found.options + req.options,
-        )
+        found = _with_options(found, f"{found.name};{suffix}", req.options)
     return Candidate(found, req.text, "named by request")
+
+
+def _with_options(device: Device, name: str, options: tuple[tuple[str, str], ...]) -> Device:
+    """``device`` under the name that selects it with ``options`` (``edgetpu:usb:0``,
+    ``CUDA;device_id=1``), the request's options added to its own."""
+    return replace(device, name=name, options=device.options + options)
 
 
 def _match_openvino(req: DeviceRequest, devices: Sequence[Device]) -> Candidate | PassedOver:

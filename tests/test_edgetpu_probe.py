@@ -17,39 +17,40 @@ from conftest import DATA
 
 from edge_runtime.backends import edgetpu_probe as ep
 from edge_runtime.backends import litert
+from edge_runtime.backends.probe_child import ChildResult
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "models" / "digits_cnn_int8.tflite"
 CUSTOM_OP = DATA / "custom_op.tflite"
 TEST_OP = b"EdgeRuntimeTestOnlyOp"
 
-LISTINGS: dict[str, tuple[ep.ChildResult, ep.Listing]] = {
+LISTINGS: dict[str, tuple[ChildResult, ep.Listing]] = {
     "one usb, one pci": (
-        ep.ChildResult(0, '[[1, "/sys/bus/usb/devices/2-1"], [0, "/dev/apex_0"]]\n', ""),
+        ChildResult(0, '[[1, "/sys/bus/usb/devices/2-1"], [0, "/dev/apex_0"]]\n', ""),
         ep.Listing((("usb", "/sys/bus/usb/devices/2-1"), ("pci", "/dev/apex_0"))),
     ),
-    "none": (ep.ChildResult(0, "[]\n", ""), ep.Listing(())),
-    "unknown type": (ep.ChildResult(0, '[[7, "/dev/x"]]', ""), ep.Listing((("type7", "/dev/x"),))),
+    "none": (ChildResult(0, "[]\n", ""), ep.Listing(())),
+    "unknown type": (ChildResult(0, '[[7, "/dev/x"]]', ""), ep.Listing((("type7", "/dev/x"),))),
     "library output before the listing": (
-        ep.ChildResult(0, 'I edgetpu: hello\n[[1, "/sys/bus/usb/devices/1-1"]]\n', ""),
+        ChildResult(0, 'I edgetpu: hello\n[[1, "/sys/bus/usb/devices/1-1"]]\n', ""),
         ep.Listing((("usb", "/sys/bus/usb/devices/1-1"),)),
     ),
     "no symbol": (
-        ep.ChildResult(2, '{"error": "undefined symbol: edgetpu_list_devices"}\n', ""),
+        ChildResult(2, '{"error": "undefined symbol: edgetpu_list_devices"}\n', ""),
         ep.Listing(error="cannot call edgetpu_list_devices: undefined symbol: edgetpu_list_devices"),
     ),
     "SIGSEGV": (
-        ep.ChildResult(-11, "", "Fatal Python error: Segmentation fault\n"),
+        ChildResult(-11, "", "Fatal Python error: Segmentation fault\n"),
         ep.Listing(
             error="edgetpu_list_devices failed in its probe process "
             "(killed by SIGSEGV: Fatal Python error: Segmentation fault)"
         ),
     ),
     "hang": (
-        ep.ChildResult(None, "", ""),
+        ChildResult(None, "", ""),
         ep.Listing(error="edgetpu_list_devices failed in its probe process (no answer within the timeout (killed))"),
     ),
-    "no listing printed": (ep.ChildResult(0, "", ""), ep.Listing(error="edgetpu_list_devices printed no listing")),
+    "no listing printed": (ChildResult(0, "", ""), ep.Listing(error="edgetpu_list_devices printed no listing")),
 }
 
 

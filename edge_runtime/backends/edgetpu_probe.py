@@ -11,24 +11,20 @@ A model runs on the Edge TPU only where ``edgetpu_compiler`` put its ops into th
 entirely. ``edgetpu_ops`` reads that from the flatbuffer (pure); ``edgetpu_placement`` says
 it in words.
 
-Also here, shared with ``litert_compiled``: ``run_probe_child`` (run native probing code in a
-child with a timeout) and ``model_ops`` (operator codes of subgraph 0, read without any
-interpreter).
+Also here, shared with ``litert_compiled``: ``model_ops`` (operator codes of subgraph 0, read
+without any interpreter). The child processes are run by ``probe_child``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import signal
 import struct
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ..device_info import Device
+from .probe_child import ChildResult, last_json_line, run_probe_child
 
 #: The custom op ``edgetpu_compiler`` puts the Edge TPU's part of a model into.
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
@@ -37,71 +33,6 @@ DEVICE_TYPES = {0: "pci", 1: "usb"}
 #: Seconds the listing child may take (USB enumeration included).
 LIST_TIMEOUT_S = 10.0
 NOT_COMPILED = f"not compiled for the Edge TPU (no {EDGETPU_CUSTOM_OP}; run edgetpu_compiler): runs on the CPU"
-
-
-# --------------------------------------------------------------------------
-# Child processes for probes that run native code
-# --------------------------------------------------------------------------
-
-
-def describe_exit(code: int | None) -> str:
-    """A child's exit status in words: ``SIGSEGV``, ``exit status 3``."""
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return signal.Signals(-code).name
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit status {code}"
-
-
-@dataclass(frozen=True)
-class ChildResult:
-    """What a probe child did: its exit status (negative: killed by that signal; None: it did
-    not finish within the timeout and was killed), its stdout and stderr as text."""
-
-    returncode: int | None
-    stdout: str
-    stderr: str
-
-    @property
-    def failure(self) -> str:
-        """ "" when the child exited 0; else its fate in words (``killed by SIGABRT``,
-        ``exit status 2``, ``no answer within the timeout``) and its last stderr line."""
-        if self.returncode == 0:
-            return ""
-        if self.returncode is None:
-            fate = "no answer within the timeout (killed)"
-        elif self.returncode < 0:
-            fate = f"killed by {describe_exit(self.returncode)}"
-        else:
-            fate = describe_exit(self.returncode)
-        tail = next((ln.strip() for ln in reversed(self.stderr.splitlines()) if ln.strip()), "")
-        return f"{fate}: {tail}" if tail else fate
-
-
-def run_probe_child(argv: Sequence[str], timeout_s: float) -> ChildResult:
-    """Run ``argv`` (a probe that may crash or hang), waiting at most ``timeout_s`` seconds; a
-    child still running then is killed. Never raises for the child's own failure."""
-    try:
-        done = subprocess.run(list(argv), capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired as exc:
-        err = exc.stderr.decode("utf-8", "replace") if isinstance(exc.stderr, bytes) else ""
-        return ChildResult(None, "", err)
-    except OSError as exc:  # the interpreter itself could not be started
-        return ChildResult(127, "", f"cannot start {argv[0]}: {exc}")
-    return ChildResult(done.returncode, done.stdout.decode("utf-8", "replace"), done.stderr.decode("utf-8", "replace"))
-
-
-def last_json_line(text: str) -> Any:
-    """The last line of ``text`` that parses as JSON, or None. Pure."""
-    for line in reversed(text.splitlines()):
-        try:
-            return json.loads(line)
-        except ValueError:
-            continue
-    return None
 
 
 # --------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import logging
 import mmap
 import os
 import pickle
-import signal
 import socket
 import struct
 import subprocess
@@ -60,6 +59,7 @@ from ..model_file import ModelSource
 from ..tensors import TensorSpec
 from .base import Capabilities, Session
 from .isolation_policy import Isolation, as_isolation
+from .probe_child import describe_exit
 
 log = logging.getLogger("edge_runtime.isolation")
 
@@ -79,18 +79,6 @@ def unsupported_reason() -> str | None:
     if not sys.platform.startswith("linux"):
         return f"model isolation needs Linux (memfd_create, SCM_RIGHTS); this is {sys.platform}"
     return None
-
-
-def describe_exit(code: int | None) -> str:
-    """A child's exit status in words: ``SIGSEGV``, ``exit status 3``."""
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return signal.Signals(-code).name
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit status {code}"
 
 
 def log_setup() -> tuple[int, bool]:

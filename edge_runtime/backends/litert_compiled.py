@@ -37,8 +37,9 @@ from ..errors import InferenceError, ModelClosedError, ModelLoadError
 from ..model_file import ModelSource
 from ..tensors import TensorSpec
 from .base import Session
-from .edgetpu_probe import last_json_line, model_ops, run_probe_child
+from .edgetpu_probe import model_ops
 from .litert import NAME, _import_runtime, _spec, find_library, native_stderr_to_log
+from .probe_child import last_json_line, run_probe_child
 
 #: The accelerators this module serves, as LiteRT device names (``litert:gpu``).
 COMPILED_DEVICES = ("gpu", "npu")
