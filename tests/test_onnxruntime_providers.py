@@ -8,6 +8,7 @@ Snapdragon board with QNN are all tested here without their hardware.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -204,3 +205,27 @@ def test_onnxruntime_errors_lose_their_cxx_location(raw: str, clean: str) -> Non
     from edge_runtime.backends.onnxrt import _first_line
 
     assert _first_line(RuntimeError(raw)) == clean
+
+
+def test_tensorrt_cache_folder_per_model_and_options(tmp_path: Path) -> None:
+    from edge_runtime.backends.onnxrt import TRT_CACHE, trt_cache_folder, trt_cache_state
+
+    a = trt_cache_folder(tmp_path, b"model-a", {})
+    assert a == trt_cache_folder(str(tmp_path), b"model-a", {}), "the same model and options: the same folder"
+    assert a.parent == tmp_path / TRT_CACHE
+    assert (
+        len(
+            {
+                a,
+                trt_cache_folder(tmp_path, b"model-b", {}),
+                trt_cache_folder(tmp_path, b"model-a", {"trt_fp16_enable": "1"}),
+            }
+        )
+        == 3
+    )
+    a.mkdir(parents=True)
+    assert trt_cache_state(a) == "miss"
+    (a / "TensorrtExecutionProvider_TRTKernel_graph_1_0_sm87.profile").write_bytes(b"x")
+    assert trt_cache_state(a) == "miss", "a profile alone is not an engine"
+    (a / "TensorrtExecutionProvider_TRTKernel_graph_1_0_sm87.engine").write_bytes(b"x")
+    assert trt_cache_state(a) == "hit"

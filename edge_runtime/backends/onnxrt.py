@@ -195,6 +195,18 @@ def gather_facts(ort: Any | None = None) -> Facts:
     return _facts
 
 
+def trt_cache_folder(cache_dir: str | Path, content: bytes, options: dict[str, str]) -> Path:
+    """Where TensorRT keeps the engines of one model under one set of provider options:
+    ``<cache_dir>/edge_runtime-ort/trt/<sha256 of the bytes and options, 16 hex>``. Pure."""
+    key = hashlib.sha256(content + repr(sorted(options.items())).encode()).hexdigest()[:16]
+    return Path(cache_dir) / TRT_CACHE / key
+
+
+def trt_cache_state(folder: Path) -> str:
+    """``hit`` when TensorRT left an engine in ``folder`` on an earlier load, else ``miss``."""
+    return "hit" if any(folder.glob("*.engine")) else "miss"
+
+
 _preloaded = False
 
 
@@ -280,8 +292,7 @@ class OnnxRuntimeSession(Session):
             so.inter_op_num_threads = 1
         self.compile_cache = "off"
         if provider == "TensorrtExecutionProvider" and cache_dir:
-            key = hashlib.sha256(source.content + repr(sorted(options.items())).encode()).hexdigest()[:16]
-            folder = Path(cache_dir) / TRT_CACHE / key
+            folder = trt_cache_folder(cache_dir, source.content, options)
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -291,7 +302,7 @@ class OnnxRuntimeSession(Session):
                     backend=NAME,
                     device=self.device,
                 ) from exc
-            self.compile_cache = "hit" if any(folder.glob("*.engine")) else "miss"
+            self.compile_cache = trt_cache_state(folder)
             options = {**tensorrt_cache_options(str(folder)), **options}
         chain = session_providers(provider, options)
         if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
