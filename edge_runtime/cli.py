@@ -43,7 +43,8 @@ DEVICE_HELP = (
     "device request, repeatable (tried in order): auto, cpu, gpu, npu, tpu, fpga, litert:cpu, "
     "litert:gpu, litert:npu, litert:edgetpu[:usb|pci[:N]], litert:vx, litert:delegate=/path/lib.so[;key=value], "
     "openvino:CPU, openvino:GPU.0, openvino:NPU, openvino:AUTO:NPU,CPU, openvino:HETERO:FPGA,CPU, "
-    "onnxruntime:CPU, onnxruntime:CUDA[;device_id=N], onnxruntime:TensorRT, onnxruntime:<provider> "
+    "onnxruntime:CPU, onnxruntime:CUDA, 'onnxruntime:CUDA;device_id=1' (quote the ';' from the shell), "
+    "onnxruntime:TensorRT, onnxruntime:<provider> "
     "(default: auto)"
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -1164,7 +1165,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = Parser(
         prog="edge-runtime",
-        description="Run int8 LiteRT/TFLite and OpenVINO models on the best accelerator this machine has.",
+        description="Run int8 LiteRT/TFLite, OpenVINO and ONNX models (LiteRT, OpenVINO, ONNX Runtime) "
+        "on the best accelerator this machine has.",
         epilog="Exit status: 0 ok, 1 runtime failure, 2 usage error, 130 interrupted (Ctrl-C).",
     )
     parser.add_argument("--version", action="version", version=f"edge-runtime {__version__}")
@@ -1195,7 +1197,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--threads", type=positive_int, default=None, help="CPU threads for inference (default: backend's)"
             )
-            p.add_argument("--cache-dir", default=None, help="OpenVINO compiled-model cache directory")
+            p.add_argument(
+                "--cache-dir",
+                default=None,
+                help="compile cache directory: OpenVINO compiled models, ONNX Runtime TensorRT engines and timings",
+            )
             p.add_argument(
                 "--isolate",
                 action=argparse.BooleanOptionalAction,

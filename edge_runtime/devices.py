@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from .backends import LITERT, ONNXRUNTIME, OPENVINO, REGISTRY, get_backend
+from .backends.onnxruntime_providers import INSTALL_HINTS, REMOTE, full_name
 from .device_info import KINDS, Device, openvino_kind
 from .errors import BackendUnavailableError, DeviceRequestError
 from .model_file import READERS
@@ -306,7 +307,11 @@ def _expand_kind(
         elif req.is_auto and dev.kind not in AUTO_RANK:
             out.append(PassedOver(req.text, label, f"auto never picks a {dev.kind} device: request it by name"))
         elif req.is_auto and dev.int8 is False:
-            out.append(PassedOver(req.text, label, "no int8 support (device capabilities lack INT8)"))
+            out.append(
+                PassedOver(
+                    req.text, label, "no int8 support (it would run an int8 model in floating point): name it to use it"
+                )
+            )
         else:
             ranked.append((AUTO_RANK.get(dev.kind, 9), readers.index(dev.backend), i, dev))
     ranked.sort(key=lambda t: t[:3])
@@ -347,7 +352,12 @@ def _match_onnxruntime(req: DeviceRequest, devices: Sequence[Device]) -> Candida
         None,
     )
     if found is None:
-        return PassedOver(req.text, req.text, f"not found ({_found_list(devices, ONNXRUNTIME)})")
+        provider = full_name(req.target or "")
+        if provider in REMOTE:
+            return PassedOver(req.text, req.text, REMOTE[provider])
+        hint = f"; {INSTALL_HINTS[provider]}" if provider in INSTALL_HINTS else ""
+        what = f"{provider} is not in this ONNX Runtime build" if provider else "not found"
+        return PassedOver(req.text, req.text, f"{what} ({_found_list(devices, ONNXRUNTIME)}){hint}")
     if not found.available:
         return PassedOver(req.text, found.request, found.reason or "unavailable")
     if req.options:
@@ -456,8 +466,9 @@ def needed_devices(backend: str, requests: Sequence[DeviceRequest] | None) -> tu
                 if n not in names:
                     names.append(n)
         elif backend == ONNXRUNTIME:
-            if r.target is not None and r.target not in names:
-                names.append(r.target)
+            # every provider: listing them touches no hardware beyond cuDeviceGetCount, and a
+            # mistyped name is then answered with the providers there are
+            return None
         elif r.target not in ("cpu", "delegate") and r.target is not None and r.target not in names:
             names.append(r.target)
     return tuple(names)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelFileError
 from .tflite_check import check_tflite
@@ -44,13 +45,16 @@ class ModelSource:
     """A checked model: its format and the bytes every backend loads from.
 
     ``weights`` holds the ``.bin`` of an OpenVINO IR (``None`` otherwise). Both byte
-    strings are owned by this record and never modified.
+    strings are owned by this record and never modified. ``graph``: for ONNX, the
+    ``onnx_graph.Graph`` read while checking the file (ONNX Runtime reads the quantization
+    from it), so the protobuf is walked once.
     """
 
     path: Path
     format: str
     content: bytes
     weights: bytes | None = None
+    graph: Any = field(default=None, compare=False, repr=False)
 
     @property
     def size(self) -> int:
@@ -161,4 +165,8 @@ def _check_onnx(p: Path, content: bytes) -> ModelSource:
             f"not an ONNX model: first byte 0x{content[0]:02x} is not the ir_version field tag 0x08",
             path=str(p),
         )
-    return ModelSource(p, ONNX, content)
+    # The whole protobuf structure, walked once (weights skipped by length): a truncated or
+    # damaged file is a ModelFileError here, before any backend is tried.
+    from .onnx_graph import read_graph
+
+    return ModelSource(p, ONNX, content, graph=read_graph(content, str(p)))

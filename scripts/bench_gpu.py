@@ -55,6 +55,11 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def one_line(text: str) -> str:
+    """An error's lines joined into one (``EdgeRuntimeError`` puts each device tried on a line)."""
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def gpu_name() -> str:
     try:
         out = subprocess.run(
@@ -101,7 +106,7 @@ def onnx_model_report(ort: Any, path: Path, args: argparse.Namespace) -> dict[st
             model = er.load_model(path, f"onnxruntime:{short}")
         except er.EdgeRuntimeError as exc:
             entry["error"] = str(exc)
-            log(f"  {path.name} onnxruntime:{short}: {exc}")
+            log(f"  {path.name} onnxruntime:{short}: {one_line(str(exc))}")
             continue
         entry["load_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
         keep.append(model)
@@ -182,7 +187,7 @@ def litert_gpu_report(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         gpu = er.load_model(path, "litert:gpu")
     except er.EdgeRuntimeError as exc:
         report["error"] = str(exc)
-        log(f"  {path.name} litert:gpu: {exc}")
+        log(f"  {path.name} litert:gpu: {one_line(str(exc))}")
         return report
     cpu = er.load_model(path, "litert:cpu")
     bare = CompiledModel.from_buffer(path.read_bytes(), options=lc.compiled_options("gpu"))
@@ -257,7 +262,12 @@ def main() -> int:
             onnx_models += sorted(args.onnx_dir.glob("*.onnx"))
         result["onnx"] = [onnx_model_report(ort, p, args) for p in onnx_models]
         result["tensorrt"] = tensorrt_report(onnx_models[0])
-        log(f"  TensorRT: {json.dumps(result['tensorrt'], indent=1)}")
+        trt = result["tensorrt"]
+        named, chain = trt["named"], trt["chain"]
+        log(f"  onnxruntime:TensorRT by name: {named.get('device') or one_line(named.get('error', ''))}")
+        log(f"  chain TensorRT -> CUDA -> CPU (TensorRT offered as available): {chain.get('device', 'none loaded')}")
+        for attempt in chain.get("attempts", []):
+            log(f"    tried {one_line(attempt)}")
         with er.load_model(onnx_models[0]) as auto:
             result["auto_onnx"] = {"device": auto.device, "reason": auto.reason, "placement": auto.placement}
             log(f"  auto on {onnx_models[0].name}: {auto.device} ({auto.reason}); {auto.placement}")

@@ -30,7 +30,10 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tflite_to_onnx
+try:
+    import tflite_to_onnx
+except ImportError as exc:  # run without its tools: one line, not a traceback
+    sys.exit(f"build_onnx_model.py: {exc}: it needs onnx, onnxruntime, openvino and ai-edge-litert")
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -146,6 +149,8 @@ OpenVINO's CPU plugin has no convolution for int8 activations with a non-zero ze
 carried, OpenVINO compiles it and runs {ev.openvino_int8_convolutions} of its {ev.openvino_convolutions} convolutions
 in int8 (uint8 activations x int8 weights). ONNX opset {tflite_to_onnx.OPSET}, {size} bytes;
 the file is byte-identical to a fresh conversion (checked by `tests/test_tflite_to_onnx.py`).
+Rebuild in a development virtual environment (not beside `onnxruntime-gpu`: both are the
+module `onnxruntime`):
 
 ```sh
 pip install onnx onnxruntime openvino && python scripts/build_onnx_model.py

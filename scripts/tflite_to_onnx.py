@@ -54,9 +54,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-from ai_edge_litert import schema_py_generated as schema
-from onnx import TensorProto, helper, numpy_helper
+
+try:
+    import onnx
+    from ai_edge_litert import schema_py_generated as schema
+    from onnx import TensorProto, helper, numpy_helper
+except ImportError as exc:  # a command run without its tools: one line, not a traceback
+    if __name__ == "__main__":
+        sys.exit(
+            f"tflite_to_onnx.py: {exc}: it needs the onnx and ai-edge-litert packages (pip install onnx ai-edge-litert)"
+        )
+    raise
 
 PRODUCER_NAME = "edge_runtime scripts/tflite_to_onnx.py"
 PRODUCER_VERSION = "2"

@@ -140,7 +140,7 @@ def test_auto_explains_every_device_left_out() -> None:
     assert order(sel) == ["litert:cpu", "openvino:CPU"]
     assert reasons(sel) == {
         "litert:edgetpu": "libedgetpu.so.1 not found",
-        "openvino:GPU.0": "no int8 support (device capabilities lack INT8)",
+        "openvino:GPU.0": "no int8 support (it would run an int8 model in floating point): name it to use it",
         "openvino:FPGA": "auto never picks a fpga device: request it by name",
         "openvino": "cannot import openvino: boom",
     }
@@ -226,7 +226,7 @@ def test_empty_request_list() -> None:
 
 
 # Whole machines this one is not, every backend at once: what `auto` tries for each format.
-LITERT_GPU = Device("litert", "gpu", "gpu", "LiteRT GPU accelerator (Vulkan)", None)
+LITERT_GPU = Device("litert", "gpu", "gpu", "LiteRT GPU accelerator (Vulkan)", False)
 LITERT_GPU_NO_VULKAN = Device(
     "litert", "gpu", "gpu", "LiteRT GPU", None, False, "no GPU driver: libvulkan.so.1 not found"
 )
@@ -242,12 +242,12 @@ OV_ARM = Device("openvino", "CPU", "cpu", "ARM CPU", True, capabilities=("FP32",
 WHOLE_MACHINES = {
     "Jetson Orin (JetPack 6, onnxruntime-gpu, Vulkan)": (
         [CPU_LITERT, EDGETPU_MISSING, LITERT_GPU, LITERT_NPU_MISSING, OV_ARM, ORT_TRT, ORT_CUDA, ORT_CPU],
-        ["litert:gpu", "litert:cpu", "openvino:CPU"],
+        ["litert:cpu", "openvino:CPU"],  # litert:gpu has no int8 kernels: named only
         ["onnxruntime:TensorRT", "onnxruntime:CUDA", "onnxruntime:CPU", "openvino:CPU"],
     ),
     "Raspberry Pi 5 (Mesa v3dv Vulkan, plain onnxruntime)": (
         [CPU_LITERT, EDGETPU_MISSING, LITERT_GPU, LITERT_NPU_MISSING, OV_ARM, ORT_CPU],
-        ["litert:gpu", "litert:cpu", "openvino:CPU"],
+        ["litert:cpu", "openvino:CPU"],
         ["onnxruntime:CPU", "openvino:CPU"],
     ),
     "Raspberry Pi 4 with a Coral USB (no Vulkan driver)": (

@@ -77,7 +77,7 @@ MACHINES = [
     Machine(
         "Raspberry Pi 5, the plain onnxruntime wheel",
         Facts(("AzureExecutionProvider", "CPUExecutionProvider")),
-        {"CPU": (True, ""), "CUDA": (False, "pip install onnxruntime-gpu"), "Azure": (False, "remote")},
+        {"CPU": (True, ""), "CUDA": (False, "pip install onnxruntime-gpu")},
         ("onnxruntime:CPU",),
     ),
     Machine(
@@ -104,6 +104,7 @@ def test_each_machine_lists_its_providers_with_reasons(machine: Machine) -> None
         assert phrase in dev.reason
     # CUDA and TensorRT are listed even when the build lacks them: with the package to install.
     assert "CUDA" in devices and "TensorRT" in devices
+    assert "Azure" not in devices, "a remote endpoint is not a device of this machine"
 
 
 @pytest.mark.parametrize("machine", MACHINES, ids=lambda m: m.name)
@@ -135,7 +136,14 @@ def test_kind_request_gpu_on_jetson_and_named_requests() -> None:
     assert not tfl.candidates and "cannot read tflite" in tfl.passed_over[0].reason
     # An absent provider says which ones were found.
     absent = select("onnxruntime:QNN", devices, "onnx")
-    assert "onnxruntime found: TensorRT, CUDA, CPU" in absent.passed_over[0].reason
+    assert absent.passed_over[0].reason == (
+        "QNNExecutionProvider is not in this ONNX Runtime build (onnxruntime found: TensorRT, CUDA, CPU); "
+        "pip install onnxruntime-qnn"
+    )
+    remote = select("onnxruntime:azure", devices, "onnx")
+    assert remote.passed_over[0].reason.startswith("calls a remote Azure endpoint")
+    typo = select("onnxruntime:CUDDA", devices, "onnx")
+    assert typo.passed_over[0].reason == "not found (onnxruntime found: TensorRT, CUDA, CPU)"
 
 
 @pytest.mark.parametrize("bad", ["onnxruntime:", "onnxruntime:CU DA", "onnxruntime:CUDA;device_id", "onnxruntime:1x"])

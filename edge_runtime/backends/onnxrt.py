@@ -8,14 +8,16 @@ module gathers the facts and runs sessions.
 
 A session is made with the provider asked for and the CPU provider behind it: ONNX Runtime
 gives each node to the first provider that takes it, so a GPU session can run some nodes
-on the CPU. Where the build records it (ONNX Runtime >= 1.23), the assignment is read back
-and reported (``Session.placement``, ``fully_accelerated``, ``execution_devices``). A
+on the CPU. The assignment is read back (ONNX Runtime >= 1.31 records it; on older builds, the
+profile of one run at load) and reported (``Session.placement``, ``fully_accelerated``,
+``execution_devices``). A
 session whose provider ONNX Runtime did not register (its Python wrapper drops an
 unavailable provider with a warning, or retries on the CPU after an error) is refused, so
 that ``load`` falls back loudly instead.
 
 The ``onnxruntime`` package is optional: ``pip install 'edge-runtime[onnxruntime]'``
-(``onnxruntime-gpu`` for CUDA and TensorRT; on a Jetson, the JetPack build: README, Jetson).
+(``onnxruntime-gpu`` for CUDA and TensorRT; on a Jetson, NVIDIA's build: README, "Jetson and
+NVIDIA GPUs").
 """
 
 from __future__ import annotations
@@ -54,7 +56,10 @@ from .onnxruntime_providers import (
     tensorrt_cache_options,
 )
 
-INSTALL_HINT = "pip install 'edge-runtime[onnxruntime]' (or onnxruntime-gpu for CUDA/TensorRT)"
+INSTALL_HINT = (
+    "pip install onnxruntime (the [onnxruntime] extra: pip install '.[onnxruntime]' in edge_runtime's folder), "
+    "or onnxruntime-gpu for CUDA and TensorRT"
+)
 #: ONNX tensor element types as ONNX Runtime names them -> NumPy dtypes.
 _DTYPES = {
     "tensor(float)": np.float32,
@@ -273,7 +278,8 @@ class OnnxRuntimeSession(Session):
                 backend=NAME,
                 device=self.device,
             )
-        graph = read_graph(source.content, where)
+        asked = dict(options)  # the request's own provider options, checked once the session exists
+        graph = source.graph if isinstance(source.graph, Graph) else read_graph(source.content, where)
         self.op_count = len(graph.nodes)
         so = ort.SessionOptions()
         so.log_severity_level = _ERROR_SEVERITY
@@ -334,6 +340,7 @@ class OnnxRuntimeSession(Session):
                 device=self.device,
             )
         try:
+            self._check_options(provider, asked)
             self._setup_io(graph)
         except ModelLoadError:
             self._sess = None
@@ -348,6 +355,22 @@ class OnnxRuntimeSession(Session):
         self._content = source.content
         self._chain = chain
         self.capabilities = Capabilities(writable_inputs=True, parallel_submit=True)
+
+    def _check_options(self, provider: str, asked: dict[str, str]) -> None:
+        """Refuse provider options the provider does not have: ONNX Runtime ignores a misspelt
+        one (``devce_id=1`` would run on GPU 0); the options it reports back are those it took."""
+        if not asked:
+            return
+        known = dict(self._sess.get_provider_options()).get(provider, {})
+        unknown = [k for k in asked if k not in known]
+        if unknown:
+            raise ModelLoadError(
+                f"{provider} has no option {', '.join(map(repr, unknown))} "
+                f"(it takes: {', '.join(sorted(known)) or 'none'})",
+                path=self._where,
+                backend=NAME,
+                device=self.device,
+            )
 
     def _free_dims(self, so: Any, graph: Graph, batch: int) -> None:
         """Fix symbolic first dimensions to ``batch`` (static shapes: no per-call shape work)."""
@@ -456,7 +479,7 @@ class OnnxRuntimeSession(Session):
             counts = self._profiled_placement()
         full, line = placement(provider, counts)
         if not counts and provider == "CPUExecutionProvider":
-            full, line = True, "every node on CPU (the only provider)"
+            full, line = True, f"all {self.op_count} nodes on CPU"  # the only provider: nothing to record
         self.fully_accelerated = full
         self.placement = line
         used = [p for p in dict.fromkeys((provider, *counts)) if counts.get(p, 0) or (not counts and p == provider)]

@@ -44,14 +44,15 @@ PROVIDERS: dict[str, tuple[str, str, str]] = {
     "CPUExecutionProvider": ("CPU", "cpu", "ONNX Runtime's own CPU kernels (MLAS)"),
     "AzureExecutionProvider": ("Azure", "other", "Azure remote endpoint"),
 }
-#: Providers that are never a local device: listed unavailable with this reason.
+#: Providers that are never a local device: not listed by ``provider_devices`` (every PyPI build
+#: has Azure; it would only be noise among the devices); named, they are refused with this reason.
 REMOTE = {"AzureExecutionProvider": "calls a remote Azure endpoint; it runs nothing on this device"}
+_JETSON_INDEX = "pip install onnxruntime-gpu --index-url https://pypi.jetson-ai-lab.io/jp6/cu126"
 #: What to install for the providers a user is most likely to ask for.
 INSTALL_HINTS = {
-    "CUDAExecutionProvider": "pip install onnxruntime-gpu (x86_64), or on a Jetson the JetPack build "
-    "(see README, Jetson)",
-    "TensorrtExecutionProvider": "pip install onnxruntime-gpu and TensorRT (x86_64: pip install tensorrt; "
-    "Jetson: part of JetPack), see README, Jetson",
+    "CUDAExecutionProvider": f"pip install onnxruntime-gpu (x86_64); on a Jetson (JetPack 6): {_JETSON_INDEX}",
+    "TensorrtExecutionProvider": "pip install onnxruntime-gpu and TensorRT (x86_64: pip install tensorrt); "
+    f"on a Jetson (JetPack 6, which has TensorRT): {_JETSON_INDEX}",
     "OpenVINOExecutionProvider": "pip install onnxruntime-openvino",
     "QNNExecutionProvider": "pip install onnxruntime-qnn",
     "DmlExecutionProvider": "pip install onnxruntime-directml (Windows)",
@@ -139,6 +140,8 @@ def provider_devices(facts: Facts) -> list[Device]:
             listed.append(wanted)
     found: list[Device] = []
     for provider in listed:
+        if provider in REMOTE:
+            continue
         short, kind, what = PROVIDERS.get(provider, (short_name(provider), "other", provider))
         ok, reason = provider_status(provider, facts)
         hardware = facts.ep_devices.get(provider, ())
