@@ -429,7 +429,9 @@ def probe(
     device of the backends. A backend that cannot be imported gives one unavailable record
     with the reason. ``openvino_plugins`` maps a device name to a plugin library (or names
     a ``plugins.xml`` under the key ``"xml"``); see ``backends.openvino.probe_devices``.
-    No process is spawned.
+    Native code that could crash runs in a child process, once per process and only where its
+    library is there: the Edge TPU listing (``libedgetpu.so.1`` found) and LiteRT's GPU trial
+    compile (a Vulkan or OpenCL driver found; not for plain ``auto``). Nothing else is spawned.
     """
     found: list[Device] = []
     for name in backends or tuple(REGISTRY):
@@ -441,6 +443,11 @@ def probe(
         names = needed_devices(name, requests)
         if name == OPENVINO:
             found.extend(module.probe_devices(plugins=openvino_plugins, names=names))
+        elif name == LITERT:
+            # Plain ``auto`` never picks LiteRT's GPU accelerator (no int8 kernels): no trial
+            # compile in a child process for it on that path.
+            auto_only = requests is not None and all(r.is_auto for r in requests)
+            found.extend(module.probe_devices(names=names, gpu_trial=not auto_only))
         else:
             found.extend(module.probe_devices(names=names))
     return found

@@ -207,13 +207,14 @@ def _cpu_name() -> str:
     return cpuinfo_model_name() or platform.machine() or "unknown"
 
 
-def probe_devices(names: Collection[str] | None = None) -> list[Device]:
+def probe_devices(names: Collection[str] | None = None, *, gpu_trial: bool = True) -> list[Device]:
     """The CPU (always), the delegates in ``names`` (default: every known one) and the
     CompiledModel accelerators ``gpu`` and ``npu``, found or not (with the reason).
 
     Delegates: library files are looked for; a found ``libedgetpu.so.1`` is asked for its
     Edge TPUs in a child process (``edgetpu_probe``). ``gpu``: when a Vulkan driver is there,
-    a tiny model is compiled on it in a child process. Both are cached per process."""
+    a tiny model is compiled on it in a child process, unless ``gpu_trial`` is False (``auto``
+    never picks the GPU accelerator: it has no int8 kernels). Both are cached per process."""
     rt = _import_runtime()
     cpu = Device(
         NAME,
@@ -247,11 +248,11 @@ def probe_devices(names: Collection[str] | None = None) -> list[Device]:
             )
     wanted = [n for n in ("gpu", "npu") if names is None or n in names]
     if wanted:
-        found.extend(_compiled_devices(wanted, rt))
+        found.extend(_compiled_devices(wanted, rt, gpu_trial))
     return found
 
 
-def _compiled_devices(wanted: list[str], rt: Runtime) -> list[Device]:
+def _compiled_devices(wanted: list[str], rt: Runtime, gpu_trial: bool = True) -> list[Device]:
     """The ``gpu``/``npu`` records: through CompiledModel when the runtime is ai_edge_litert."""
     if not rt.module.startswith("ai_edge_litert"):
         from .litert_compiled import NO_COMPILED_MODEL
@@ -260,7 +261,7 @@ def _compiled_devices(wanted: list[str], rt: Runtime) -> list[Device]:
         return [Device(NAME, n, n, kinds[n], available=False, reason=NO_COMPILED_MODEL) for n in wanted]
     from .litert_compiled import probe_compiled
 
-    return probe_compiled(wanted)
+    return probe_compiled(wanted, trial=gpu_trial)
 
 
 def _spec(detail: dict[str, Any]) -> TensorSpec:
