@@ -264,20 +264,13 @@ class OnnxRuntimeSession(Session):
         where = str(source.path)
         self._where = where
         options = dict(device.options)
-        provider = options.pop("provider", None) or full_name(device.name, ort.get_available_providers())
+        available = tuple(ort.get_available_providers())
+        provider = options.pop("provider", None) or full_name(device.name, available)
         self.device = device.request
         if provider is None:
-            raise ModelLoadError(
-                f"unknown execution provider {device.name!r}", path=where, backend=NAME, device=self.device
-            )
-        available = tuple(ort.get_available_providers())
+            raise self._load_error(f"unknown execution provider {device.name!r}")
         if provider not in available:
-            raise ModelLoadError(
-                f"{provider} is not in this ONNX Runtime build (it has {', '.join(available)})",
-                path=where,
-                backend=NAME,
-                device=self.device,
-            )
+            raise self._load_error(f"{provider} is not in this ONNX Runtime build (it has {', '.join(available)})")
         asked = dict(options)  # the request's own provider options, checked once the session exists
         graph = source.graph if isinstance(source.graph, Graph) else read_graph(source.content, where)
         self.op_count = len(graph.nodes)
@@ -302,11 +295,8 @@ class OnnxRuntimeSession(Session):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise ModelLoadError(
-                    f"cannot create the TensorRT cache folder {folder}: {exc.strerror or exc}",
-                    path=where,
-                    backend=NAME,
-                    device=self.device,
+                raise self._load_error(
+                    f"cannot create the TensorRT cache folder {folder}: {exc.strerror or exc}"
                 ) from exc
             self.compile_cache = trt_cache_state(folder)
             options = {**tensorrt_cache_options(str(folder)), **options}
@@ -324,21 +314,11 @@ class OnnxRuntimeSession(Session):
                 enable_fallback=0,
             )
         except Exception as exc:  # vendor code: whatever it raises means "this provider cannot take it"
-            raise ModelLoadError(
-                f"ONNX Runtime could not make a session: {_first_line(exc)}",
-                path=where,
-                backend=NAME,
-                device=self.device,
-            ) from exc
+            raise self._load_error(f"ONNX Runtime could not make a session: {_first_line(exc)}") from exc
         registered = list(self._sess.get_providers())
         if provider not in registered:
             self._sess = None
-            raise ModelLoadError(
-                f"ONNX Runtime did not register {provider} (registered: {', '.join(registered)})",
-                path=where,
-                backend=NAME,
-                device=self.device,
-            )
+            raise self._load_error(f"ONNX Runtime did not register {provider} (registered: {', '.join(registered)})")
         try:
             self._check_options(provider, asked)
             self._setup_io(graph)
@@ -351,10 +331,10 @@ class OnnxRuntimeSession(Session):
             if profile is not None:
                 shutil.rmtree(profile, ignore_errors=True)
         self._num_threads = num_threads
-        self._so = so
-        self._content = source.content
-        self._chain = chain
         self.capabilities = Capabilities(writable_inputs=True, parallel_submit=True)
+
+    def _load_error(self, reason: str) -> ModelLoadError:
+        return ModelLoadError(reason, path=self._where, backend=NAME, device=self.device)
 
     def _check_options(self, provider: str, asked: dict[str, str]) -> None:
         """Refuse provider options the provider does not have: ONNX Runtime ignores a misspelt
@@ -364,12 +344,9 @@ class OnnxRuntimeSession(Session):
         known = dict(self._sess.get_provider_options()).get(provider, {})
         unknown = [k for k in asked if k not in known]
         if unknown:
-            raise ModelLoadError(
+            raise self._load_error(
                 f"{provider} has no option {', '.join(map(repr, unknown))} "
-                f"(it takes: {', '.join(sorted(known)) or 'none'})",
-                path=self._where,
-                backend=NAME,
-                device=self.device,
+                f"(it takes: {', '.join(sorted(known)) or 'none'})"
             )
 
     def _free_dims(self, so: Any, graph: Graph, batch: int) -> None:
@@ -382,43 +359,30 @@ class OnnxRuntimeSession(Session):
             if isinstance(first, str):
                 so.add_free_dimension_override_by_name(first, batch)
             elif first is None:
-                raise ModelLoadError(
-                    f"input {name!r} has an unnamed dynamic first dimension; export it with a named one",
-                    path=self._where,
-                    backend=NAME,
-                    device=self.device,
+                raise self._load_error(
+                    f"input {name!r} has an unnamed dynamic first dimension; export it with a named one"
                 )
             elif batch != 1 and first != batch:
-                raise ModelLoadError(
+                raise self._load_error(
                     f"cannot take a batch of {batch}: input {name!r} has a fixed first dimension of {first}; "
-                    "export the model with a dynamic batch dimension",
-                    path=self._where,
-                    backend=NAME,
-                    device=self.device,
+                    "export the model with a dynamic batch dimension"
                 )
             if any(not isinstance(d, int) for d in dims[1:]):
-                raise ModelLoadError(
-                    f"input {name!r} has dynamic dimensions beyond the batch ({dims}); this runtime runs static shapes",
-                    path=self._where,
-                    backend=NAME,
-                    device=self.device,
+                raise self._load_error(
+                    f"input {name!r} has dynamic dimensions beyond the batch ({dims}); this runtime runs static shapes"
                 )
 
-    def _setup_io(self, graph: Any) -> None:
+    def _setup_io(self, graph: Graph) -> None:
         qin, qout = io_quantization(graph)
         ins, outs = self._sess.get_inputs(), self._sess.get_outputs()
         self._in_names = [a.name for a in ins]
         self._out_names = [a.name for a in outs]
         specs = []
         for arg in ins:
-            dtype = np.dtype(_DTYPES.get(arg.type, np.float32)) if arg.type in _DTYPES else None
-            if dtype is None:
-                raise ModelLoadError(
-                    f"input {arg.name!r} is {arg.type}: not a tensor type this runtime feeds",
-                    path=self._where,
-                    backend=NAME,
-                    device=self.device,
-                )
+            known = _DTYPES.get(arg.type)
+            if known is None:
+                raise self._load_error(f"input {arg.name!r} is {arg.type}: not a tensor type this runtime feeds")
+            dtype = np.dtype(known)
             shape = tuple(d if isinstance(d, int) else self._batch for d in arg.shape)
             specs.append(TensorSpec(arg.name, shape, dtype, self._int_quant(qin.get(arg.name), dtype)))
         self.inputs = tuple(specs)
@@ -431,22 +395,12 @@ class OnnxRuntimeSession(Session):
             try:
                 results = self._sess.run(None, dict(zip(self._in_names, self._in_buffers)))
             except Exception as exc:
-                raise ModelLoadError(
-                    f"a first run to learn the output shapes failed: {_first_line(exc)}",
-                    path=self._where,
-                    backend=NAME,
-                    device=self.device,
-                ) from exc
+                raise self._load_error(f"a first run to learn the output shapes failed: {_first_line(exc)}") from exc
             out_shapes = [tuple(np.asarray(r).shape) for r in results]
         out_specs = []
         for arg, shape in zip(outs, out_shapes):
             if arg.type not in _DTYPES:
-                raise ModelLoadError(
-                    f"output {arg.name!r} is {arg.type}: not a tensor type this runtime reads",
-                    path=self._where,
-                    backend=NAME,
-                    device=self.device,
-                )
+                raise self._load_error(f"output {arg.name!r} is {arg.type}: not a tensor type this runtime reads")
             dtype = np.dtype(_DTYPES[arg.type])
             out_specs.append(TensorSpec(arg.name, shape, dtype, self._int_quant(qout.get(arg.name), dtype)))
         self.outputs = tuple(out_specs)
