@@ -50,7 +50,6 @@ _READS = {
     "QLinearSigmoid": (1, 2),
     "QLinearLeakyRelu": (1, 2),
     "QLinearSoftmax": (1, 2),
-    "MatMulInteger": (-1, 2),  # no scale: only a zero point, so nothing is recovered
 }
 #: op type -> (scale input, zero-point input) of the quantized tensor an op WRITES.
 _WRITES = {
@@ -299,7 +298,7 @@ def read_graph(content: bytes, path: str = "") -> Graph:
 
 def _quantization(graph: Graph, node_index: int, scale_at: int, zp_at: int) -> Quantization | None:
     node = graph.nodes[node_index]
-    if scale_at < 0 or scale_at >= len(node.inputs):
+    if scale_at >= len(node.inputs):
         return None
     scales = graph.constants.get(node.inputs[scale_at])
     if not scales:

@@ -41,8 +41,6 @@ from .edgetpu_probe import model_ops
 from .litert import NAME, _import_runtime, _spec, find_library, native_stderr_to_log
 from .probe_child import last_json_line, run_probe_child
 
-#: The accelerators this module serves, as LiteRT device names (``litert:gpu``).
-COMPILED_DEVICES = ("gpu", "npu")
 #: Why gpu/npu are unavailable when the interpreter module is not ai_edge_litert.
 NO_COMPILED_MODEL = "needs ai-edge-litert (tflite-runtime has no CompiledModel)"
 #: GPU accelerator libraries a wheel may ship -> the driver library each one needs.
