@@ -47,7 +47,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from .backends import LITERT, ONNXRUNTIME, OPENVINO, REGISTRY, get_backend
-from .backends.onnxruntime_providers import INSTALL_HINTS, REMOTE, full_name
 from .device_info import KINDS, Device, openvino_kind
 from .errors import BackendUnavailableError, DeviceRequestError
 from .model_file import READERS
@@ -352,6 +351,9 @@ def _match_onnxruntime(req: DeviceRequest, devices: Sequence[Device]) -> Candida
         None,
     )
     if found is None:
+        # the provider table, only for this message: kept off `import edge_runtime`
+        from .backends.onnxruntime_providers import INSTALL_HINTS, REMOTE, full_name
+
         provider = full_name(req.target or "")
         if provider in REMOTE:
             return PassedOver(req.text, req.text, REMOTE[provider])
